@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (install, then classify a bundled image with the bundled model, offline)
+# and `make test` (install, then run the test suite). Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned, so pip does not replace it when it resolves cliplens's own `torch` requirement.
+# On a machine with a local CPU wheel of this version pip takes that; elsewhere it takes PyPI's build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/cliplens classify src/cliplens/examples/two-red-circles.png \
+		"red circle" "blue circle" "red square" "green triangle" "yellow star" "purple cross" --model demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

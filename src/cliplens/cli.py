@@ -1,0 +1,291 @@
+"""The ``cliplens`` command: thin Typer commands over the public Python API.
+
+Results go to stdout, progress and messages to stderr. Exit codes: 0 success, 1 partial (some
+inputs failed and were reported), 2 usage or fatal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+import cliplens
+from cliplens.errors import CliplensError, UsageError
+
+app = typer.Typer(help="CLIP-family image–text models: classify, embed, train and more.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="List, download and locate models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+
+ModelOpt = typer.Option(None, "--model", "-m", envvar="CLIPLENS_MODEL",
+                        help="Hub id, local folder or alias (demo). Default: openai/clip-vit-base-patch32.")
+DeviceOpt = typer.Option(None, "--device", envvar="CLIPLENS_DEVICE", help="cpu, cuda, cuda:1, mps. Default: CUDA if present.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def command(fn):
+    """Run a command with typed errors turned into one-line messages and exit codes."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _one_line_warning
+        _quiet_transformers()
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CliplensError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[red]error:[/] {exc.message}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks without --debug
+            if _state["debug"]:
+                raise
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {text} (run with --debug for details)",
+                      highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _quiet_transformers() -> None:
+    """transformers' own loading bars and notices would clutter stderr; our messages say what matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def progress(description: str, unit: str = "images") -> Iterator[Progress]:
+    """A progress bar on stderr with count, rate and ETA."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=err, transient=False)
+    with bar:
+        yield bar
+
+
+def _rate_updater(bar: Progress, task, unit: str):
+    def update(done: int, total: int, **fields) -> None:
+        speed = bar.tasks[task].speed
+        rate = f"{speed:.1f} {unit}/s" if speed else ""
+        bar.update(task, completed=done, total=total, rate=rate, **fields)
+    return update
+
+
+def _emit_json(data) -> None:
+    out.print_json(json.dumps(data)) if sys.stdout.isatty() else print(json.dumps(data))
+
+
+@app.callback(invoke_without_command=True)
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+         version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    """cliplens: CLIP-family image–text models for classification, captions, search, ranking and evaluation."""
+    _state["debug"] = debug
+    if version:
+        print(cliplens.__version__)
+        raise typer.Exit()
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+@models_app.command("list")
+@command
+def models_list(as_json: bool = JsonOpt) -> None:
+    """Aliases (and whether each is available offline) and the models in the Hugging Face cache."""
+    entries = cliplens.list_models()
+    if as_json:
+        _emit_json([e.__dict__ for e in entries])
+        return
+    table = Table("name", "points to", "kind", "offline")
+    for e in entries:
+        table.add_row(e.name, e.target, e.kind, "yes" if e.available else "no")
+    out.print(table)
+
+
+@models_app.command("pull")
+@command
+def models_pull(name: str = typer.Argument(..., help="Hub id or alias.")) -> None:
+    """Download a model into the Hugging Face cache so it works offline later."""
+    from cliplens.models.registry import ALIASES, download
+
+    target = ALIASES.get(name, name)
+    path = Path(target) if Path(target).is_dir() else download(target)
+    cliplens.load_model(str(path), device="cpu", cache=False)  # proves it loads
+    print(path)
+
+
+@models_app.command("path")
+@command
+def models_path(name: str = typer.Argument(..., help="Hub id, alias or folder.")) -> None:
+    """Print the local folder of a model (e.g. of demo); never downloads."""
+    print(cliplens.resolve_model_dir(name, allow_download=False))
+
+
+# --- classify ----------------------------------------------------------------------------------------
+
+@app.command()
+@command
+def classify(image: Path = typer.Argument(..., help="Image file."),
+             labels: List[str] = typer.Argument(..., help="Candidate labels."),
+             template: str = typer.Option("a photo of a {}.", "--template", help="Prompt with {} for the label; 'none' for verbatim labels."),
+             multi_label: bool = typer.Option(False, "--multi-label", help="Independent probability per label."),
+             model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Zero-shot classification: how well each label matches the image."""
+    encoder = cliplens.load_model(model, device=device)
+    result = cliplens.classify(image, labels, encoder, template=None if template == "none" else template,
+                               multi_label=multi_label)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    width = max(len(s.label) for s in result.labels)
+    for s in result.labels:
+        bar = "█" * round(s.probability * 30)
+        out.print(f"{s.label:<{width}}  {s.probability * 100:5.1f}%  [cyan]{bar}[/]  (cos {s.similarity:.3f})",
+                  highlight=False)
+
+
+# --- embed -------------------------------------------------------------------------------------------
+
+@app.command()
+@command
+def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or globs."),
+          out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (clip-retrieval layout)."),
+          text: List[str] = typer.Option(None, "--text", "-t", help="A text to embed (repeatable)."),
+          text_file: Optional[Path] = typer.Option(None, "--text-file", help="Texts to embed, one per line."),
+          dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+          workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
+          exclude: List[str] = typer.Option(None, "--exclude", help="Glob of paths to leave out (repeatable)."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out."),
+          model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Embed images or texts into DIR/img_emb/*.npy (or text_emb/) with metadata/*.parquet."""
+    if dtype not in ("float32", "float16"):
+        raise UsageError(f"--dtype {dtype}: use float32 or float16")
+    texts = list(text or [])
+    if text_file is not None:
+        if not text_file.is_file():
+            raise UsageError(f"--text-file {text_file}: no such file")
+        texts += [line.strip() for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if bool(texts) == bool(paths):
+        raise UsageError("give image paths or --text/--text-file (one kind per run)")
+    sources = cliplens.expand_paths(paths, exclude=exclude or ()) if paths else []
+    if paths and not sources:
+        raise UsageError("no images found in " + ", ".join(paths))
+    encoder = cliplens.load_model(model, device=device)
+    if texts:
+        vectors = cliplens.embed_texts(texts, encoder)
+        files = cliplens.write_text_embeddings(texts, vectors, out_dir, model=encoder.name, dtype=dtype,
+                                               overwrite=overwrite)
+        summary = {"kind": "text", "model": encoder.name, "count": len(texts), "failed": 0, "dim": encoder.embed_dim,
+                   "out": str(out_dir), "files": [str(f) for f in files]}
+    else:
+        with progress("embedding") as bar:
+            task = bar.add_task("embedding", total=len(sources), rate="")
+            result = cliplens.embed_images(sources, encoder, batch_size=batch_size, workers=workers,
+                                           on_progress=_rate_updater(bar, task, "img"))
+        files = cliplens.write_image_embeddings(result, out_dir, dtype=dtype, overwrite=overwrite)
+        for error in result.errors:
+            err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
+        summary = {"kind": "image", "model": encoder.name, "count": len(result.sources), "failed": len(result.errors),
+                   "dim": encoder.embed_dim, "out": str(out_dir), "files": [str(f) for f in files],
+                   "errors": [{"path": e.source, "reason": e.reason} for e in result.errors]}
+    if as_json:
+        _emit_json(summary)
+    else:
+        err.print(f"embedded {summary['count']} {summary['kind']}(s), {summary['failed']} failed → {out_dir}")
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+# --- demo data and training ------------------------------------------------------------------------
+
+@app.command("demo-data")
+@command
+def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+              n: int = typer.Option(1000, "-n", min=1, help="Number of image–caption pairs."),
+              seed: int = typer.Option(0, "--seed"), size: int = typer.Option(64, "--size", min=16, help="Image side in pixels."),
+              as_json: bool = JsonOpt) -> None:
+    """Write synthetic shape images and a pairs.csv of natural captions (the demo model's domain)."""
+    from cliplens.demo_data import write_demo_data
+
+    with progress("generating") as bar:
+        task = bar.add_task("generating", total=n, rate="")
+        update = _rate_updater(bar, task, "img")
+        pairs = write_demo_data(out_dir, n, seed=seed, size=size, on_progress=lambda done: update(done, n))
+    if as_json:
+        _emit_json({"pairs": str(pairs), "count": n, "seed": seed})
+    else:
+        err.print(f"wrote {n} pairs → {pairs}")
+
+
+@app.command()
+@command
+def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."),
+          out_dir: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder (Hugging Face format)."),
+          config: str = typer.Option("demo", "--config", help="Architecture for training from scratch: demo, small or a JSON file."),
+          init: Optional[str] = typer.Option(None, "--init", help="Fine-tune this model instead of training from scratch."),
+          steps: int = typer.Option(1000, "--steps", min=1), batch_size: int = typer.Option(256, "--batch-size", min=2),
+          lr: float = typer.Option(1e-3, "--lr"), weight_decay: float = typer.Option(0.1, "--weight-decay"),
+          seed: int = typer.Option(0, "--seed"), save_every: int = typer.Option(500, "--save-every", min=0),
+          hard_targets: bool = typer.Option(False, "--hard-targets", help="Treat identical captions in a batch as negatives."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
+          as_json: bool = JsonOpt) -> None:
+    """Train or fine-tune a CLIP with the symmetric contrastive loss and a learnable temperature."""
+    from cliplens.train import TrainConfig
+    from cliplens.train import train as run_training
+
+    cfg = TrainConfig(pairs=str(pairs), out=str(out_dir), preset=config, init=init, steps=steps, batch_size=batch_size,
+                      lr=lr, weight_decay=weight_decay, seed=seed, save_every=save_every, soft_targets=not hard_targets)
+    with progress("training", unit="steps") as bar:
+        load_task = bar.add_task("loading images", total=None, rate="")
+        step_task = bar.add_task("training", total=steps, rate="", visible=False)
+        load_update = _rate_updater(bar, load_task, "img")
+
+        def on_step(s) -> None:
+            bar.update(step_task, visible=True, completed=s.step,
+                       rate=f"loss {s.loss:.3f}  scale {s.logit_scale:.1f}")
+
+        result = run_training(cfg, resume=resume, on_step=on_step, on_load=load_update)
+    for error in result.skipped:
+        err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
+    summary = {"out": str(result.out), "steps": result.steps, "final_loss": result.final_loss,
+               "images": result.images, "skipped": len(result.skipped)}
+    if as_json:
+        _emit_json(summary)
+    else:
+        err.print(f"trained {result.steps} steps on {result.images} images (final loss {result.final_loss:.4f}) → {result.out}")
+    if result.skipped:
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

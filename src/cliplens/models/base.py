@@ -1,0 +1,113 @@
+"""The Encoder interface every runtime implements: batching, checks and normalisation live here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..images import ImageSource, load_image
+from .preprocess import ImagePreprocessor
+
+ScoreKind = Literal["softmax", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is: its name, where it lives and how its scores are read."""
+
+    name: str
+    path: str
+    family: str  # "clip", "siglip", "siglip2"
+    embed_dim: int
+    context_length: int
+    score_kind: ScoreKind
+    logit_scale: float
+    logit_bias: float | None
+    device: str
+    backend: str
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class Encoder(ABC):
+    """A CLIP-family model: images and texts in, L2-normalised float32 vectors (N, D) out.
+
+    Subclasses implement :meth:`encode_pixel_batch` and :meth:`encode_text_batch`; this base does
+    loading, batching and normalisation, so another runtime slots in with two methods.
+    """
+
+    info: ModelInfo
+    preprocessor: ImagePreprocessor
+    image_batch_size = 32
+    text_batch_size = 256
+
+    @abstractmethod
+    def encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Unnormalised embeddings of one preprocessed batch, float32 (N, 3, H, W) → (N, D)."""
+
+    @abstractmethod
+    def encode_text_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Unnormalised embeddings of one batch of texts (truncated to the context length)."""
+
+    # Convenience accessors, so callers need not reach into ``info``.
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def embed_dim(self) -> int:
+        return self.info.embed_dim
+
+    @property
+    def logit_scale(self) -> float:
+        return self.info.logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self.info.logit_bias
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        return self.info.score_kind
+
+    def preprocess(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Load and preprocess images into the model's input batch; raises ImageLoadError on a bad one."""
+        draft = self.preprocessor.draft_size
+        pictures = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im, draft_size=draft)
+                    for im in images]
+        return self.preprocessor(pictures)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Normalised embeddings of preprocessed pixels, in batches."""
+        out = [self.encode_pixel_batch(pixels[i : i + self.image_batch_size])
+               for i in range(0, len(pixels), self.image_batch_size)]
+        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def encode_images(self, images: Iterable[ImageSource]) -> np.ndarray:
+        """L2-normalised float32 embeddings (N, D) of images given as paths, bytes or PIL images."""
+        images = list(images)
+        chunks = [self.encode_pixels(self.preprocess(images[i : i + self.image_batch_size]))
+                  for i in range(0, len(images), self.image_batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+    def encode_texts(self, texts: Iterable[str]) -> np.ndarray:
+        """L2-normalised float32 embeddings (N, D) of texts; over-long texts are truncated with a warning."""
+        texts = [str(t) for t in texts]
+        chunks = [self.encode_text_batch(texts[i : i + self.text_batch_size])
+                  for i in range(0, len(texts), self.text_batch_size)]
+        return l2_normalize(np.concatenate(chunks)) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+    def close(self) -> None:
+        """Release the model's memory; the encoder cannot be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info.name} ({self.info.family}, {self.info.device})>"

@@ -1,0 +1,129 @@
+"""Where a model name leads: aliases, local folders, the bundled demo model and the Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelLoadError, ModelNotFoundError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEMO_DIR = Path(__file__).parent / "demo"
+
+#: Short names for well-known checkpoints; ``demo`` is the tiny model shipped inside the package.
+ALIASES: dict[str, str] = {
+    "demo": str(DEMO_DIR),
+    "clip-b32": "openai/clip-vit-base-patch32",
+    "clip-b16": "openai/clip-vit-base-patch16",
+    "clip-l14": "openai/clip-vit-large-patch14",
+    "clip-l14-336": "openai/clip-vit-large-patch14-336",
+    "laion-b32": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+    "laion-h14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    "siglip-b16": "google/siglip-base-patch16-224",
+    "siglip-so400m": "google/siglip-so400m-patch14-384",
+    "siglip2-b16": "google/siglip2-base-patch16-224",
+    "siglip2-b16-naflex": "google/siglip2-base-patch16-naflex",
+}
+
+# Files a checkpoint needs; weights are chosen separately so that only one format is fetched.
+_CONFIG_PATTERNS = ["*.json", "*.txt", "*.model", "spiece.model"]
+
+
+def default_model() -> str:
+    """``CLIPLENS_MODEL`` if set, else the default hub model."""
+    return os.environ.get("CLIPLENS_MODEL") or DEFAULT_MODEL
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return path if (path / "config.json").exists() else None
+
+
+def _weight_patterns(repo_id: str) -> list[str]:
+    from huggingface_hub import HfApi
+
+    files = [s.rfilename for s in (HfApi().model_info(repo_id).siblings or [])]
+    if any(f.endswith(".safetensors") for f in files):
+        return ["*.safetensors", "*.safetensors.index.json"]
+    return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+def download(repo_id: str) -> Path:
+    """Fetch a hub checkpoint (config, tokenizer, processor and one weights format) into the HF cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if _offline():
+        raise ModelNotFoundError(repo_id, "HF_HUB_OFFLINE is set and it is not in the local cache")
+    try:
+        patterns = _CONFIG_PATTERNS + _weight_patterns(repo_id)
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(repo_id, "no such model on the Hugging Face hub") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(repo_id, f"the hub cannot be reached ({reason[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - requests/httpx connection errors vary by version
+        raise ModelNotFoundError(repo_id, f"the hub cannot be reached ({type(exc).__name__})") from None
+
+
+def resolve_model_dir(name: str | os.PathLike | None = None, *, allow_download: bool = True) -> Path:
+    """The local folder holding a model: an alias, a folder, or a hub id (from the cache, else downloaded)."""
+    text = os.fspath(name) if name is not None else default_model()
+    target = ALIASES.get(text, text)
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path}: a model must be a folder in Hugging Face format, not a file")
+    if target.startswith((".", "/", "~")) or target.count("/") > 1:
+        raise ModelLoadError(f"{text}: no such model folder")
+    cached = _cached_snapshot(target)
+    if cached is not None:
+        return cached
+    if not allow_download:
+        raise ModelNotFoundError(target, "it is not in the local cache")
+    return download(target)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One line of ``cliplens models list``."""
+
+    name: str
+    target: str
+    kind: str  # "alias", "cached"
+    available: bool
+    size_bytes: int | None = None
+
+
+def list_models() -> list[ModelEntry]:
+    """The aliases (and whether each is available offline) and every model in the Hugging Face cache."""
+    entries = []
+    for alias, target in ALIASES.items():
+        available = Path(target).is_dir() or _cached_snapshot(target) is not None
+        entries.append(ModelEntry(alias, target if alias != "demo" else "bundled", "alias", available))
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in sorted(scan_cache_dir().repos, key=lambda r: r.repo_id):
+            if repo.repo_type == "model":
+                entries.append(ModelEntry(repo.repo_id, str(repo.repo_path), "cached", True, repo.size_on_disk))
+    except Exception:  # noqa: BLE001 - no cache dir yet, or an unreadable one: nothing cached to list
+        pass
+    return entries

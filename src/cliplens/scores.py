@@ -1,0 +1,38 @@
+"""Turning cosine similarities into probabilities the way each model family was trained to."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .models import Encoder
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, stable for large magnitudes."""
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def cosine(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix (N_images, N_texts) of L2-normalised vectors."""
+    return np.asarray(images, np.float32) @ np.asarray(texts, np.float32).T
+
+
+def label_probabilities(similarity: np.ndarray, encoder: Encoder, multi_label: bool = False) -> np.ndarray:
+    """Probabilities over labels: softmax with the logit scale for CLIP, independent sigmoids for SigLIP.
+
+    ``multi_label`` gives each label its own probability for CLIP too (sigmoid of the scaled cosine
+    against the mean over labels), so several can be high at once.
+    """
+    logits = similarity * encoder.logit_scale
+    if encoder.score_kind == "sigmoid":
+        return sigmoid(logits + (encoder.logit_bias or 0.0))
+    if multi_label:
+        return sigmoid(logits - logits.mean(axis=-1, keepdims=True))
+    return softmax(logits)

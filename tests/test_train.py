@@ -1,0 +1,133 @@
+"""Contrastive training: from scratch, resume, determinism, fine-tuning and the pairs file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cliplens
+from cliplens.demo_data import write_demo_data
+from cliplens.errors import DataError, UsageError
+from cliplens.train import TrainConfig, contrastive_loss, train
+
+TINY = {"image_size": 32, "patch_size": 16, "vision_layers": 1, "text_layers": 1, "width": 32, "heads": 2,
+        "mlp": 64, "projection_dim": 16, "context_length": 24}
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    return write_demo_data(tmp_path_factory.mktemp("pairs"), 48, seed=3, size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("preset") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def _config(pairs, out, preset, **kw):
+    return TrainConfig(pairs=str(pairs), out=str(out), preset=preset, batch_size=16, lr=1e-3, save_every=3, **kw)
+
+
+def _weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_checkpoint_is_hf_format_and_loads_everywhere(pairs_file, tiny_preset, tmp_path):
+    result = train(_config(pairs_file, tmp_path / "m", tiny_preset, steps=4))
+    out = result.out
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json"):
+        assert (out / name).exists(), name
+    from transformers import AutoModel, AutoTokenizer
+
+    assert type(AutoModel.from_pretrained(out)).__name__ == "CLIPModel"
+    assert AutoTokenizer.from_pretrained(out)("a red circle")["input_ids"][-1] == 3  # <eos>
+    encoder = cliplens.load_model(str(out), device="cpu", cache=False)
+    assert encoder.encode_texts(["a red circle"]).shape == (1, 16)
+    assert np.isfinite(result.final_loss)
+
+
+def test_same_seed_same_weights(pairs_file, tiny_preset, tmp_path):
+    a = train(_config(pairs_file, tmp_path / "a", tiny_preset, steps=3, seed=7)).out
+    b = train(_config(pairs_file, tmp_path / "b", tiny_preset, steps=3, seed=7)).out
+    c = train(_config(pairs_file, tmp_path / "c", tiny_preset, steps=3, seed=8)).out
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert not all(np.array_equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_continues_exactly(pairs_file, tiny_preset, tmp_path):
+    straight = train(_config(pairs_file, tmp_path / "s", tiny_preset, steps=6)).out
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_checkpoint(step, model):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(_config(pairs_file, tmp_path / "r", tiny_preset, steps=6), on_checkpoint=stop_after_first_checkpoint)
+    resumed = train(_config(pairs_file, tmp_path / "r", tiny_preset, steps=6), resume=True).out
+    ws, wr = _weights(straight), _weights(resumed)
+    for key in ws:
+        np.testing.assert_allclose(ws[key], wr[key], atol=1e-6, err_msg=key)
+
+
+def test_resume_needs_a_saved_run(pairs_file, tiny_preset, tmp_path):
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(_config(pairs_file, tmp_path / "none", tiny_preset, steps=3), resume=True)
+
+
+def test_fine_tune_from_init(tiny_clip_dir, pairs_file, tmp_path):
+    out = train(TrainConfig(pairs=str(pairs_file), out=str(tmp_path / "ft"), init=str(tiny_clip_dir), steps=2,
+                            batch_size=8, lr=1e-4, save_every=0)).out
+    before, after = _weights(tiny_clip_dir), _weights(out)
+    assert before.keys() == after.keys()
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "preprocessor_config.json").read_text())["crop_size"] == {"height": 32, "width": 32}
+
+
+def test_training_lowers_the_loss(pairs_file, tiny_preset, tmp_path):
+    losses = []
+    train(_config(pairs_file, tmp_path / "l", tiny_preset, steps=30), on_step=lambda s: losses.append(s.loss))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_bad_images_in_pairs_are_skipped_and_reported(pairs_file, tiny_preset, tmp_path):
+    bad = tmp_path / "pairs.csv"
+    lines = pairs_file.read_text().splitlines()
+    base = pairs_file.parent
+    rows = [lines[0]] + [f"{base}/{line}" for line in lines[1:20]] + ["/nonexistent/x.png,a red circle,,,,,,,"]
+    bad.write_text("\n".join(rows) + "\n")
+    result = train(_config(bad, tmp_path / "b", tiny_preset, steps=2))
+    assert result.images == 19 and len(result.skipped) == 1
+    assert "no such file" in result.skipped[0].reason
+
+
+def test_pairs_file_errors_name_file_and_line(tmp_path):
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("file,text\nx.png,a cat\n")
+    with pytest.raises(DataError, match=r"p\.csv:1: header lacks"):
+        train(TrainConfig(pairs=str(csv_file), out=str(tmp_path / "o")))
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"path": "x.png", "caption": "a cat"}\n{oops\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:2: not valid JSON"):
+        train(TrainConfig(pairs=str(jsonl), out=str(tmp_path / "o")))
+
+
+def test_soft_targets_treat_identical_captions_as_matches():
+    """Matching an image to a duplicate caption's twin costs nothing extra with soft targets only."""
+    own = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    swapped = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    captions = ["red circle", "red circle", "blue star"]
+    assert contrastive_loss(swapped, captions, soft=True) == pytest.approx(contrastive_loss(own, captions, soft=True).item())
+    assert contrastive_loss(swapped, captions, soft=False) > contrastive_loss(own, captions, soft=False) + 1
+    sig_own = contrastive_loss(own, captions, soft=True, sigmoid=True)
+    assert contrastive_loss(swapped, captions, soft=True, sigmoid=True) == pytest.approx(sig_own.item())
