@@ -184,3 +184,35 @@ def test_cli_models_path_and_list():
 
     names = {e["name"]: e for e in json.loads(proc.stdout)}
     assert names["demo"]["available"] is True and names["clip-b32"]["target"] == "openai/clip-vit-base-patch32"
+
+
+def test_siglip2_naflex_parity_with_transformers(tmp_path):
+    """SigLIP 2 NaFlex keeps aspect ratios; its embeddings equal transformers' with its own processor."""
+    from transformers import Siglip2Config, Siglip2Model
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    from conftest import _tokenizer
+
+    torch.manual_seed(3)
+    tok = _tokenizer(12)
+    config = Siglip2Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=12, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           patch_size=8, num_patches=16))
+    Siglip2Model(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    processor = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
+    processor.save_pretrained(tmp_path)
+    encoder = cliplens.load_model(str(tmp_path), device="cpu", cache=False)
+    assert encoder.info.family == "siglip2" and encoder.score_kind == "sigmoid"
+    images = _images(4, seed=5)
+    ours = encoder.encode_images(images)
+    ref_model = Siglip2Model.from_pretrained(tmp_path).eval()
+    inputs = processor(images, return_tensors="pt")
+    with torch.no_grad():
+        ref = ref_model.get_image_features(**inputs).pooler_output.numpy()
+    assert _cos(ours, ref).min() >= 0.99999
+    embedded = cliplens.embed_images(images, encoder, batch_size=3)
+    np.testing.assert_allclose(embedded.vectors, ours, atol=1e-5)

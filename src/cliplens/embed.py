@@ -36,16 +36,16 @@ def _as_encoder(model: Encoder | str | None, device: str | None) -> Encoder:
     return model if isinstance(model, Encoder) else load_model(model, device=device)
 
 
-def _decode(source: ImageSource, encoder: Encoder) -> tuple[np.ndarray, tuple[int, int]] | ImageLoadError:
+def _decode(source: ImageSource, encoder: Encoder) -> tuple[object, tuple[int, int]] | ImageLoadError:
     try:
-        image = load_image(source, draft_size=encoder.preprocessor.draft_size)
-        return encoder.preprocessor.resize_crop(image), image.size
+        image = load_image(source, draft_size=encoder.draft_size)
+        return encoder.prepare(image), image.size
     except ImageLoadError as exc:
         return exc
 
 
 def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_size: int, workers: int
-                       ) -> Iterator[list[tuple[int, np.ndarray | ImageLoadError, tuple[int, int] | None]]]:
+                       ) -> Iterator[list[tuple[int, object, tuple[int, int] | None]]]:
     """Decode images in worker threads ahead of the model, yielding batches of (index, pixels|error, size)."""
     def job(i: int):
         result = _decode(sources[i], encoder)
@@ -92,7 +92,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
                 names.append(source_name(sources[i]))
                 sizes.append(size)
         if ok:
-            vectors.append(encoder.encode_pixels(encoder.preprocessor.normalize(np.stack(ok))))
+            vectors.append(encoder.encode_prepared(ok))
         done += len(batch)
         if on_progress is not None:
             on_progress(done, len(sources))

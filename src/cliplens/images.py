@@ -161,6 +161,17 @@ def _bomb_reason(exc: Image.DecompressionBombError, limit: int) -> str:
     return f"decompression bomb: {size} is over the limit of {limit:,} (set CLIPLENS_MAX_PIXELS to raise it)"
 
 
+def _quiet_pillow_bomb_warning() -> None:
+    """Our own pixel limit replaces Pillow's bomb warning; one narrow filter, since catch_warnings races in threads."""
+    global _bomb_warning_filtered
+    if not _bomb_warning_filtered:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _bomb_warning_filtered = True
+
+
+_bomb_warning_filtered = False
+
+
 def _allow_pillow_up_to(limit: int) -> None:
     """Pillow refuses images over twice its own limit before ours is checked; make room for a larger one."""
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limit:
@@ -205,15 +216,14 @@ def load_image(source: ImageSource, *, draft_size: int | None = None, pixel_limi
     _register_heif()
     _allow_pillow_up_to(limit)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = source if data is None else Image.open(io.BytesIO(data))  # a PIL image may still be lazy
-            _check_pixels(image, name, limit)
-            if draft_size and data is not None and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()  # GIF, WebP and TIFF stop at their first frame
-            upright = ImageOps.exif_transpose(image) or image
-            return _to_rgb(upright)
+        _quiet_pillow_bomb_warning()
+        image = source if data is None else Image.open(io.BytesIO(data))  # a PIL image may still be lazy
+        _check_pixels(image, name, limit)
+        if draft_size and data is not None and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()  # GIF, WebP and TIFF stop at their first frame
+        upright = ImageOps.exif_transpose(image) or image
+        return _to_rgb(upright)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -252,13 +262,12 @@ def image_size(source: ImageSource) -> tuple[int, int]:
     data = _read_bytes(source, name)
     _register_heif()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                # a PNG's getexif() decodes every pixel to look for an eXIf chunk after the image data
-                late_png_exif = im.format == "PNG" and "exif" not in im.info
-                orientation = 1 if late_png_exif else im.getexif().get(0x0112, 1)
+        _quiet_pillow_bomb_warning()
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            # a PNG's getexif() decodes every pixel to look for an eXIf chunk after the image data
+            late_png_exif = im.format == "PNG" and "exif" not in im.info
+            orientation = 1 if late_png_exif else im.getexif().get(0x0112, 1)
     except UnidentifiedImageError:
         raise ImageLoadError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -79,24 +79,39 @@ class Encoder(ABC):
     def score_kind(self) -> ScoreKind:
         return self.info.score_kind
 
-    def preprocess(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Load and preprocess images into the model's input batch; raises ImageLoadError on a bad one."""
-        draft = self.preprocessor.draft_size
-        pictures = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im, draft_size=draft)
-                    for im in images]
-        return self.preprocessor(pictures)
+    @property
+    def draft_size(self) -> int | None:
+        """Smallest side a large JPEG may be decoded to (reduced-scale decoding), or None for full decodes."""
+        return self.preprocessor.draft_size
+
+    def prepare(self, image: Image.Image) -> Any:
+        """Per-image work that can run in decode workers: resize and crop to uint8 (H, W, 3)."""
+        return self.preprocessor.resize_crop(image)
+
+    def encode_prepared(self, items: Sequence[Any]) -> np.ndarray:
+        """Normalised embeddings of items made by :meth:`prepare`."""
+        if not items:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.encode_pixels(self.preprocessor.normalize(np.stack(items)))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Normalised embeddings of preprocessed pixels, in batches."""
+        """Normalised embeddings of preprocessed pixels (N, 3, H, W), in batches."""
         out = [self.encode_pixel_batch(pixels[i : i + self.image_batch_size])
                for i in range(0, len(pixels), self.image_batch_size)]
         return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_images(self, images: Iterable[ImageSource]) -> np.ndarray:
-        """L2-normalised float32 embeddings (N, D) of images given as paths, bytes or PIL images."""
+        """L2-normalised float32 embeddings (N, D) of images given as paths, bytes or PIL images.
+
+        Raises :class:`~cliplens.errors.ImageLoadError` on the first bad image; use
+        :func:`cliplens.embed_images` to skip and report bad ones instead.
+        """
         images = list(images)
-        chunks = [self.encode_pixels(self.preprocess(images[i : i + self.image_batch_size]))
-                  for i in range(0, len(images), self.image_batch_size)]
+        chunks = []
+        for i in range(0, len(images), self.image_batch_size):
+            batch = images[i : i + self.image_batch_size]
+            chunks.append(self.encode_prepared([self.prepare(load_image(im, draft_size=self.draft_size))
+                                                for im in batch]))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_texts(self, texts: Iterable[str]) -> np.ndarray:

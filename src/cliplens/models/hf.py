@@ -66,9 +66,7 @@ class TransformersEncoder(Encoder):
             from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
             self._naflex = Siglip2ImageProcessorPil.from_pretrained(path)
-            self.preprocessor = ImagePreprocessor.from_pretrained(path)
-        else:
-            self.preprocessor = ImagePreprocessor.from_pretrained(path)
+        self.preprocessor = ImagePreprocessor.from_pretrained(path)
         sigmoid = self.family in ("siglip", "siglip2")
         bias = getattr(self.model, "logit_bias", None)
         self.info = ModelInfo(
@@ -84,20 +82,28 @@ class TransformersEncoder(Encoder):
             backend="torch",
         )
 
-    def preprocess(self, images):  # SigLIP 2 NaFlex packs patches itself
+    @property
+    def draft_size(self) -> int | None:
         if self._naflex is None:
-            return super().preprocess(images)
-        from ..images import load_image
+            return super().draft_size
+        side = int(self._naflex.max_num_patches ** 0.5) * self._naflex.patch_size
+        return 2 * side
 
-        pictures = [load_image(im) for im in images]
-        return self._naflex(pictures, return_tensors="np")
-
-    def encode_pixels(self, pixels):
+    def prepare(self, image):
         if self._naflex is None:
-            return super().encode_pixels(pixels)
+            return super().prepare(image)
+        # NaFlex keeps the aspect ratio and packs patches itself; its own PIL processor does exactly that.
+        return self._naflex([image], return_tensors="np")
+
+    def encode_prepared(self, items):
+        if self._naflex is None:
+            return super().encode_prepared(items)
         from .base import l2_normalize
 
-        return l2_normalize(self._run_image({k: v for k, v in pixels.items()}))
+        if not items:
+            return np.zeros((0, self.embed_dim), np.float32)
+        batch = {key: np.concatenate([item[key] for item in items]) for key in items[0].keys()}
+        return l2_normalize(self._run_image(batch))
 
     def encode_pixel_batch(self, pixels: np.ndarray) -> np.ndarray:
         return self._run_image({"pixel_values": pixels})
