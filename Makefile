@@ -26,11 +26,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Reproduces the bundled demo model from scratch (about 40 minutes on a 2-core CPU).
+# Reproduces the bundled demo model from scratch (about an hour on a 2-core CPU).
 demo-model: $(STAMP)
 	$(BIN)/cliplens demo-data --out build/demo-data -n 200000 --seed 0
-	$(BIN)/cliplens train build/demo-data/pairs.csv --out build/demo-model --config demo --steps 5000 \
-		--batch-size 256 --lr 2e-3 --seed 0 --save-every 500
+	$(BIN)/cliplens train build/demo-data/pairs.csv --out build/demo-model --config demo --steps 4500 \
+		--batch-size 128 --lr 2e-3 --seed 0 --save-every 500
 	mkdir -p src/cliplens/models/demo
 	cp build/demo-model/config.json build/demo-model/model.safetensors build/demo-model/tokenizer.json \
 		build/demo-model/tokenizer_config.json build/demo-model/preprocessor_config.json src/cliplens/models/demo/

@@ -216,3 +216,22 @@ def test_siglip2_naflex_parity_with_transformers(tmp_path):
     assert _cos(ours, ref).min() >= 0.99999
     embedded = cliplens.embed_images(images, encoder, batch_size=3)
     np.testing.assert_allclose(embedded.vectors, ours, atol=1e-5)
+
+
+def test_device_override_and_errors(tiny_clip_dir):
+    from cliplens.errors import UsageError
+    from cliplens.models import pick_device
+
+    assert pick_device("cpu") == "cpu"
+    assert pick_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            cliplens.load_model(str(tiny_clip_dir), device="cuda")
+
+
+def test_default_model_comes_from_environment(tiny_clip_dir, monkeypatch):
+    from cliplens.models import default_model
+
+    assert default_model() == "openai/clip-vit-base-patch32"
+    monkeypatch.setenv("CLIPLENS_MODEL", str(tiny_clip_dir))
+    assert cliplens.load_model(device="cpu", cache=False).info.path == str(tiny_clip_dir)

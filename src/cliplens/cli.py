@@ -97,7 +97,11 @@ def _rate_updater(bar: Progress, task, unit: str):
 
 
 def _emit_json(data) -> None:
-    out.print_json(json.dumps(data)) if sys.stdout.isatty() else print(json.dumps(data))
+    """Pretty JSON on a terminal, one compact line when piped."""
+    if sys.stdout.isatty():
+        out.print_json(json.dumps(data))
+    else:
+        print(json.dumps(data))
 
 
 @app.callback(invoke_without_command=True)

@@ -58,8 +58,7 @@ def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_s
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cliplens-decode") as pool:
         pending = []
         lookahead = 2  # batches decoding while the model runs
-        starts = iter(range(0, len(sources), batch_size))
-        for start in starts:
+        for start in range(0, len(sources), batch_size):
             pending.append([pool.submit(job, i) for i in range(start, min(start + batch_size, len(sources)))])
             if len(pending) > lookahead:
                 yield [f.result() for f in pending.pop(0)]

@@ -10,6 +10,7 @@ import glob
 import io
 import os
 import re
+import struct
 import warnings
 from fnmatch import fnmatch
 from pathlib import Path
@@ -230,16 +231,10 @@ def load_image(source: ImageSource, *, draft_size: int | None = None, pixel_limi
         raise ImageLoadError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:  # Pillow's own guard, hit before ours for huge headers
         raise ImageLoadError(name, _bomb_reason(exc, limit)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error()) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         raise ImageLoadError(name, _decode_reason(exc, data)) from None
     except MemoryError:
         raise ImageLoadError(name, "too large to decode in memory") from None
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
 
 
 def _check_pixels(image: Image.Image, name: str, limit: int) -> None:
@@ -255,9 +250,8 @@ def _check_pixels(image: Image.Image, name: str, limit: int) -> None:
 
 def image_size(source: ImageSource) -> tuple[int, int]:
     """Width and height of an image without decoding its pixels (orientation applied)."""
-    image = load_image(source) if isinstance(source, Image.Image) else None
-    if image is not None:
-        return image.size
+    if isinstance(source, Image.Image):
+        return load_image(source).size
     name = source_name(source)
     data = _read_bytes(source, name)
     _register_heif()

@@ -27,7 +27,7 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos must not be id 2: t
 #: Architectures for training from scratch. ``demo`` is the one the bundled model uses.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        "image_size": 64, "patch_size": 16, "vision_layers": 4, "text_layers": 3, "width": 128,
+        "image_size": 64, "patch_size": 8, "vision_layers": 4, "text_layers": 3, "width": 128,
         "heads": 4, "mlp": 512, "projection_dim": 128, "context_length": 24,
     },
     "small": {
