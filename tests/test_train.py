@@ -159,3 +159,19 @@ def test_cli_demo_data_then_train_then_resume(tiny_preset, tmp_path):
     assert proc.returncode == 2 and "already trained for all 4 steps" in proc.stderr
     proc = _cli("train", pairs, "--out", str(out), "--steps", "9", "--resume")
     assert proc.returncode == 2 and "resume it with the same --steps" in proc.stderr
+
+
+def test_streaming_mode_reports_a_bad_file_once(pairs_file, tiny_preset, tmp_path):
+    """Without the in-memory cache images decode per batch; a bad one is skipped and reported once."""
+    lines = pairs_file.read_text().splitlines()
+    base = pairs_file.parent
+    bad_image = tmp_path / "broken.png"
+    bad_image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rows = [lines[0]] + [f"{base}/{line}" for line in lines[1:9]] + [f"{bad_image},a red circle,,,,,,,"]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    config = _config(pairs, tmp_path / "s", tiny_preset, steps=6, cache_images=False)
+    config.batch_size = 9  # every step is one whole epoch, so the bad file is met six times
+    result = train(config)
+    assert result.images == 9 and len(result.skipped) == 1
+    assert result.skipped[0].source == str(bad_image)

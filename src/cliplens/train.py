@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +58,6 @@ class TrainConfig:
     cache_images: bool | None = None  # None: cache when they fit in ``cache_limit_bytes``
     cache_limit_bytes: int = 6 * 2**30
     num_threads: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,7 +137,7 @@ class _PairImages:
                  on_load: Callable[[int, int], None] | None):
         self.preprocessor = preprocessor
         self.pairs: list[Pair] = []
-        self.skipped: list[ImageLoadError] = []
+        self.errors: dict[str, ImageLoadError] = {}  # by source, so a file failing every epoch is reported once
         self.cached: np.ndarray | None = None
         height, width = preprocessor.output_size
         if cache:
@@ -148,7 +147,7 @@ class _PairImages:
                     arrays.append(preprocessor.resize_crop(load_image(pair.path)))
                     self.pairs.append(pair)
                 except ImageLoadError as exc:
-                    self.skipped.append(exc)
+                    self.errors[exc.source] = exc
                 if on_load is not None:
                     on_load(i + 1, len(pairs))
             self.cached = np.stack(arrays) if arrays else np.zeros((0, height, width, 3), np.uint8)
@@ -157,6 +156,10 @@ class _PairImages:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def skipped(self) -> list[ImageLoadError]:
+        return list(self.errors.values())
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
         if self.cached is not None:
@@ -167,12 +170,14 @@ class _PairImages:
                 arrays.append(self.preprocessor.resize_crop(load_image(self.pairs[i].path)))
                 captions.append(self.pairs[i].caption)
             except ImageLoadError as exc:
-                self.skipped.append(exc)
+                self.errors[exc.source] = exc
+        if not arrays:
+            last = next(reversed(self.errors.values()))
+            raise UsageError(f"no image in a batch of {len(indices)} could be read, e.g. {last}")
         return np.stack(arrays), captions
 
 
-def contrastive_loss(logits: torch.Tensor, captions: list[str], soft: bool, sigmoid: bool = False,
-                     logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(logits: torch.Tensor, captions: list[str], soft: bool, sigmoid: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE over a batch (or SigLIP's sigmoid loss); identical captions count as matches when ``soft``."""
     n = logits.shape[0]
     if soft:
