@@ -43,49 +43,41 @@ def save_preprocessor(path: Path, size: int, *, shortest_edge: bool = True) -> N
     (path / "preprocessor_config.json").write_text(json.dumps(config))
 
 
+def tiny_text_config(tok, context_length: int, layers: int = 2) -> dict:
+    """A 32-wide text tower over the test tokenizer."""
+    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                num_attention_heads=2, max_position_embeddings=context_length, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+
+
+def save_tiny_checkpoint(path: Path, family: str, *, seed: int, context_length: int = 16, image_size: int = 32,
+                         patch_size: int = 8, vision_width: int = 32, text_layers: int = 2, **config) -> Path:
+    """Save a randomly initialised CLIP or SigLIP with its tokenizer and preprocessor config."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(context_length)
+    vision = dict(image_size=image_size, patch_size=patch_size, hidden_size=vision_width,
+                  intermediate_size=2 * vision_width, num_hidden_layers=2, num_attention_heads=2)
+    config_cls, model_cls = (CLIPConfig, CLIPModel) if family == "clip" else (SiglipConfig, SiglipModel)
+    model_cls(config_cls(text_config=tiny_text_config(tok, context_length, text_layers), vision_config=vision,
+                         **config)).save_pretrained(path)
+    tok.save_pretrained(path)
+    save_preprocessor(path, image_size, shortest_edge=family == "clip")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A randomly initialised CLIP (32 px, 2 layers) saved with save_pretrained: for numerics only."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    tok = _tokenizer(16)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2),
-        projection_dim=24,
-    )
-    CLIPModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    save_preprocessor(path, 32)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_clip"), "clip", seed=0, projection_dim=24)
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     """A randomly initialised SigLIP saved with save_pretrained."""
-    import torch
-    from transformers import SiglipConfig, SiglipModel
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("tiny_siglip")
-    tok = _tokenizer(12)
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=12, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2),
-    )
-    SiglipModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    save_preprocessor(path, 32, shortest_edge=False)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_siglip"), "siglip", seed=1, context_length=12)
 
 
 @pytest.fixture(scope="session")

@@ -91,25 +91,10 @@ def _photo_like(width: int, height: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def clip224_dir(tmp_path_factory):
     """A random CLIP that, like ViT-B/32, wants 224 px input: to check reduced-scale JPEG decoding."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
+    from conftest import save_tiny_checkpoint
 
-    from conftest import _tokenizer, save_preprocessor
-
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("clip224")
-    tok = _tokenizer(16)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2),
-        projection_dim=32)
-    CLIPModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    save_preprocessor(path, 224)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("clip224"), "clip", seed=2, image_size=224, patch_size=32,
+                                vision_width=64, text_layers=1, projection_dim=32)
 
 
 def test_large_jpeg_draft_decode_keeps_embedding(clip224_dir, tmp_path):

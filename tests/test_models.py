@@ -191,14 +191,12 @@ def test_siglip2_naflex_parity_with_transformers(tmp_path):
     from transformers import Siglip2Config, Siglip2Model
     from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
-    from conftest import _tokenizer
+    from conftest import _tokenizer, tiny_text_config
 
     torch.manual_seed(3)
     tok = _tokenizer(12)
     config = Siglip2Config(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=12, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        text_config=tiny_text_config(tok, 12, layers=1),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            patch_size=8, num_patches=16))
     Siglip2Model(config).save_pretrained(tmp_path)
@@ -235,3 +233,29 @@ def test_default_model_comes_from_environment(tiny_clip_dir, monkeypatch):
     assert default_model() == "openai/clip-vit-base-patch32"
     monkeypatch.setenv("CLIPLENS_MODEL", str(tiny_clip_dir))
     assert cliplens.load_model(device="cpu", cache=False).info.path == str(tiny_clip_dir)
+
+
+def test_siglip_with_sentencepiece_tokenizer(tiny_siglip_dir, tmp_path):
+    """SigLIP v1 checkpoints ship spiece.model; cliplens loads them and pads texts to the full context."""
+    import shutil
+
+    import sentencepiece as spm
+    from transformers import SiglipModel, SiglipTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a photo of a red circle", "two small blue squares on a white background"] * 50))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=15,
+                                   model_type="word", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    model_dir = tmp_path / "siglip_spm"
+    shutil.copytree(tiny_siglip_dir, model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).unlink()
+    SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model")).save_pretrained(model_dir)
+
+    encoder = cliplens.load_model(str(model_dir), device="cpu", cache=False)
+    texts = ["a photo of a red circle", "blue squares"]
+    ours = encoder.encode_texts(texts)
+    tokens = SiglipTokenizer.from_pretrained(model_dir)(texts, padding="max_length", max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        ref = SiglipModel.from_pretrained(model_dir).eval().get_text_features(input_ids=tokens["input_ids"]).pooler_output
+    assert _cos(ours, ref.numpy()).min() >= 0.99999

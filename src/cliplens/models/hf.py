@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelLoadError, UsageError
-from .base import Encoder, ModelInfo
+from .base import Encoder, ModelInfo, l2_normalize
 from .preprocess import ImagePreprocessor
 
 SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}
@@ -98,8 +98,6 @@ class TransformersEncoder(Encoder):
     def encode_prepared(self, items):
         if self._naflex is None:
             return super().encode_prepared(items)
-        from .base import l2_normalize
-
         if not items:
             return np.zeros((0, self.embed_dim), np.float32)
         batch = {key: np.concatenate([item[key] for item in items]) for key in items[0].keys()}
