@@ -78,3 +78,16 @@ def test_cli_classify_json_and_text():
                            "--model", "demo"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.splitlines()[0].startswith("yellow triangle")
     assert "%" in proc.stdout and proc.stderr == ""
+
+
+@pytest.mark.parametrize("content, reason", [(None, "no such file"), (b"", "empty file"),
+                                             (b"plain text", "not an image")])
+def test_cli_classify_bad_image_is_one_line_exit_2(tmp_path, content, reason):
+    image = tmp_path / "bad.jpg"
+    if content is not None:
+        image.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "cliplens.cli", "classify", str(image), "red circle", "--model", "demo"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {image}: {reason}"), proc.stderr
