@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import UsageError
 from .images import ImageSource, source_name
-from .models import Encoder, load_model
+from .models import Encoder, as_encoder
 from .scores import cosine, label_probabilities
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -59,7 +59,7 @@ def classify(image: ImageSource, labels: Sequence[str], model: Encoder | str | N
              device: str | None = None) -> Classification:
     """Score one image against candidate labels; labels come back sorted by probability."""
     labels = _check_labels(labels)
-    encoder = model if isinstance(model, Encoder) else load_model(model, device=device)
+    encoder = as_encoder(model, device)
     text = encoder.encode_texts(prompts_for(labels, template))
     vector = encoder.encode_images([image])
     return _result(source_name(image), encoder, labels, vector, text, multi_label)[0]

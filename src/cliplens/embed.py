@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, load_image, source_name
-from .models import Encoder, load_model
+from .models import Encoder, as_encoder
 
 ProgressFn = Callable[[int, int], None]
 
@@ -30,10 +30,6 @@ class ImageEmbeddings:
     sizes: list[tuple[int, int]]
     errors: list[ImageLoadError] = field(default_factory=list)
     model: str = ""
-
-
-def _as_encoder(model: Encoder | str | None, device: str | None) -> Encoder:
-    return model if isinstance(model, Encoder) else load_model(model, device=device)
 
 
 def _decode(source: ImageSource, encoder: Encoder) -> tuple[object, tuple[int, int]] | ImageLoadError:
@@ -73,7 +69,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
 
     With ``skip_errors=False`` the first bad image raises its :class:`ImageLoadError`.
     """
-    encoder = _as_encoder(model, device)
+    encoder = as_encoder(model, device)
     sources = list(images)
     batch_size = batch_size or encoder.image_batch_size
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -101,7 +97,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
 
 def embed_texts(texts: Iterable[str], model: Encoder | str | None = None, *, device: str | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings (N, D) of texts."""
-    return _as_encoder(model, device).encode_texts(list(texts))
+    return as_encoder(model, device).encode_texts(list(texts))
 
 
 # --- clip-retrieval style output -------------------------------------------------------------------

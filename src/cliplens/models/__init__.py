@@ -32,6 +32,11 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | None
         return encoder
 
 
+def as_encoder(model: Encoder | str | os.PathLike | None, device: str | None = None) -> Encoder:
+    """``model`` itself when it is already an Encoder, else the model that name loads."""
+    return model if isinstance(model, Encoder) else load_model(model, device=device)
+
+
 def release_models() -> None:
     """Forget every model ``load_model`` kept, so their memory can be freed."""
     with _lock:
@@ -41,7 +46,7 @@ def release_models() -> None:
 
 
 __all__ = [
-    "ALIASES", "DEFAULT_MODEL", "DEMO_DIR", "Encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning",
+    "ALIASES", "DEFAULT_MODEL", "DEMO_DIR", "Encoder", "as_encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning",
     "TransformersEncoder", "default_model", "l2_normalize", "list_models", "load_model", "release_models",
     "resolve_model_dir",
 ]
