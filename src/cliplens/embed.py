@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, load_image, source_name
 from .models import Encoder, as_encoder
+from .models.base import empty_vectors
 
 ProgressFn = Callable[[int, int], None]
 
@@ -91,7 +92,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
         done += len(batch)
         if on_progress is not None:
             on_progress(done, len(sources))
-    array = np.concatenate(vectors) if vectors else np.zeros((0, encoder.embed_dim), np.float32)
+    array = np.concatenate(vectors) if vectors else empty_vectors(encoder.embed_dim)
     return ImageEmbeddings(array, names, sizes, errors, encoder.name)
 
 

@@ -213,6 +213,20 @@ def _save(model, tokenizer, preprocessor: ImagePreprocessor, out: Path, config: 
     (out / "cliplens_train.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
 
 
+def _resume_state(state_path: Path, steps: int) -> dict:
+    """The saved optimiser/scheduler state of an unfinished run planned for ``steps``."""
+    out = state_path.parent
+    if not state_path.exists():
+        raise UsageError(f"{out}: nothing to resume (no {STATE_FILE})")
+    state = torch.load(state_path, weights_only=False)
+    planned = state["scheduler"].get("total_steps", steps)
+    if planned != steps:
+        raise UsageError(f"{out}: that run was planned for --steps {planned}; resume it with the same --steps")
+    if state["step"] >= steps:
+        raise UsageError(f"{out}: already trained for all {state['step']} steps")
+    return state
+
+
 def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[TrainStep], None] | None = None,
           on_load: Callable[[int, int], None] | None = None,
           on_checkpoint: Callable[[int, Any], None] | None = None) -> TrainResult:
@@ -228,16 +242,11 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
     _seed_everything(config.seed)
     pairs = read_pairs(config.pairs)
 
-    if resume:
-        if not state_path.exists():
-            raise UsageError(f"{out}: nothing to resume (no {STATE_FILE})")
-        model = AutoModel.from_pretrained(out)
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        preprocessor = ImagePreprocessor.from_pretrained(out)
-    elif config.init:
+    state = _resume_state(state_path, config.steps) if resume else None  # checked before images load
+    if resume or config.init:
         from .models.registry import resolve_model_dir
 
-        source = resolve_model_dir(config.init)
+        source = out if resume else resolve_model_dir(config.init)
         model = AutoModel.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
         preprocessor = ImagePreprocessor.from_pretrained(source)
@@ -261,8 +270,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
     batch_size = min(config.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // batch_size)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():  # no decay on gains, biases, embeddings, temperature
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
@@ -272,17 +282,11 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
         cycle_momentum=False,
     )
     start = 0
-    if resume:
-        state = torch.load(state_path, weights_only=False)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         torch.set_rng_state(state["torch_rng"])
-        planned = state["scheduler"].get("total_steps", config.steps)
-        if planned != config.steps:
-            raise UsageError(f"{out}: that run was planned for --steps {planned}; resume it with the same --steps")
-        if start >= config.steps:
-            raise UsageError(f"{out}: already trained for all {start} steps")
 
     max_scale = math.log(100.0)
     loss_value = float("nan")

@@ -38,6 +38,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def empty_vectors(dim: int) -> np.ndarray:
+    """The (0, dim) float32 result of embedding nothing."""
+    return np.zeros((0, dim), np.float32)
+
+
 class Encoder(ABC):
     """A CLIP-family model: images and texts in, L2-normalised float32 vectors (N, D) out.
 
@@ -91,14 +96,14 @@ class Encoder(ABC):
     def encode_prepared(self, items: Sequence[Any]) -> np.ndarray:
         """Normalised embeddings of items made by :meth:`prepare`."""
         if not items:
-            return np.zeros((0, self.embed_dim), np.float32)
+            return empty_vectors(self.embed_dim)
         return self.encode_pixels(self.preprocessor.normalize(np.stack(items)))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Normalised embeddings of preprocessed pixels (N, 3, H, W), in batches."""
         out = [self.encode_pixel_batch(pixels[i : i + self.image_batch_size])
                for i in range(0, len(pixels), self.image_batch_size)]
-        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+        return l2_normalize(np.concatenate(out)) if out else empty_vectors(self.embed_dim)
 
     def encode_images(self, images: Iterable[ImageSource]) -> np.ndarray:
         """L2-normalised float32 embeddings (N, D) of images given as paths, bytes or PIL images.
@@ -112,14 +117,14 @@ class Encoder(ABC):
             batch = images[i : i + self.image_batch_size]
             chunks.append(self.encode_prepared([self.prepare(load_image(im, draft_size=self.draft_size))
                                                 for im in batch]))
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+        return np.concatenate(chunks) if chunks else empty_vectors(self.embed_dim)
 
     def encode_texts(self, texts: Iterable[str]) -> np.ndarray:
         """L2-normalised float32 embeddings (N, D) of texts; over-long texts are truncated with a warning."""
         texts = [str(t) for t in texts]
         chunks = [self.encode_text_batch(texts[i : i + self.text_batch_size])
                   for i in range(0, len(texts), self.text_batch_size)]
-        return l2_normalize(np.concatenate(chunks)) if chunks else np.zeros((0, self.embed_dim), np.float32)
+        return l2_normalize(np.concatenate(chunks)) if chunks else empty_vectors(self.embed_dim)
 
     def close(self) -> None:
         """Release the model's memory; the encoder cannot be used afterwards."""

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelLoadError, UsageError
-from .base import Encoder, ModelInfo, l2_normalize
+from .base import Encoder, ModelInfo, empty_vectors, l2_normalize
 from .preprocess import ImagePreprocessor
 
 SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}
@@ -99,7 +99,7 @@ class TransformersEncoder(Encoder):
         if self._naflex is None:
             return super().encode_prepared(items)
         if not items:
-            return np.zeros((0, self.embed_dim), np.float32)
+            return empty_vectors(self.embed_dim)
         batch = {key: np.concatenate([item[key] for item in items]) for key in items[0].keys()}
         return l2_normalize(self._run_image(batch))
 
