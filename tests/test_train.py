@@ -94,6 +94,26 @@ def test_fine_tune_from_init(tiny_clip_dir, pairs_file, tmp_path):
     assert json.loads((out / "preprocessor_config.json").read_text())["crop_size"] == {"height": 32, "width": 32}
 
 
+def test_fine_tuning_a_word_level_model_learns_new_words(pairs_file, tiny_preset, tmp_path):
+    from transformers import AutoTokenizer
+
+    base = train(_config(pairs_file, tmp_path / "base", tiny_preset, steps=2)).out  # one-shape captions only
+    mixed = write_demo_data(tmp_path / "mixed", 32, seed=4, size=32, mixed=1.0)
+    assert " and " in mixed.read_text()
+    out = train(TrainConfig(pairs=str(mixed), out=str(tmp_path / "ft"), init=str(base), steps=2, batch_size=8,
+                            lr=1e-4, save_every=0)).out
+    old, new = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(out)
+    assert "and" not in old.get_vocab() and new.get_vocab()["and"] == len(old)  # appended, old ids kept
+    assert {k: v for k, v in new.get_vocab().items() if k in old.get_vocab()} == old.get_vocab()
+    ids = new("a red circle and a blue star")["input_ids"]
+    assert new.unk_token_id not in ids
+    before, after = _weights(base), _weights(out)
+    key = "text_model.embeddings.token_embedding.weight"
+    assert after[key].shape[0] == len(new) == before[key].shape[0] + (len(new) - len(old))
+    encoder = cliplens.load_model(str(out), device="cpu", cache=False)
+    assert encoder.encode_texts(["a circle and a star"]).shape == (1, 16)
+
+
 def test_training_lowers_the_loss(pairs_file, tiny_preset, tmp_path):
     losses = []
     train(_config(pairs_file, tmp_path / "l", tiny_preset, steps=30), on_step=lambda s: losses.append(s.loss))

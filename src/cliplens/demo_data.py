@@ -1,7 +1,9 @@
 """Synthetic image–caption pairs: coloured shapes on plain backgrounds, with natural captions.
 
-This is the domain of the bundled ``demo`` model. Every image holds 1–3 shapes of one kind and
+This is the domain of the bundled ``demo`` model. Most images hold 1–3 shapes of one kind and
 colour; the caption says how many, how big, what colour, what shape and on what background.
+With ``mixed > 0`` a share of images hold two different shapes instead ("a red circle and a blue
+star"), which is what multi-label classification is tested on.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,18 +45,41 @@ class ShapeScene:
     count: int
     size: str
     background: str
+    shape2: str = ""  # a second, different shape (one of each) in mixed scenes
+    colour2: str = ""
 
     @property
     def label(self) -> str:
-        """The zero-shot class of the scene, e.g. ``"red circle"``."""
-        return f"{self.colour} {self.shape}"
+        """The zero-shot class of the scene, e.g. ``"red circle"`` (``"red circle and blue star"`` if mixed)."""
+        return " and ".join(self.labels)
 
-    def caption(self, *, with_count: bool = True, with_size: bool = True, with_background: bool = True) -> str:
-        """A natural caption; leaving attributes out gives the shorter forms ("red circles")."""
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every colour–shape label that is true of the image: one, or two in mixed scenes."""
+        first = f"{self.colour} {self.shape}"
+        return (first, f"{self.colour2} {self.shape2}") if self.shape2 else (first,)
+
+    def caption(self, *, with_count: bool = True, with_size: bool = True, with_background: bool = True,
+                with_colour: bool = True, swap: bool = False) -> str:
+        """A natural caption; leaving attributes out gives the shorter forms ("red circles", "two circles").
+
+        ``swap`` names the second shape of a mixed scene first.
+        """
+        if self.shape2:
+            parts = [(self.colour, self.shape), (self.colour2, self.shape2)]
+            if swap:
+                parts.reverse()
+            size = f"{self.size} " if with_size else ""
+            text = " and ".join(
+                " ".join(w for w in (size.strip(), colour if with_colour else "", shape) if w) for colour, shape in parts
+            )
+            text = " and ".join(f"{_article(part)} {part}" for part in text.split(" and "))
+            return text + (f" on a {self.background} background" if with_background else "")
         words = []
         if with_size:
             words.append(self.size)
-        words.append(self.colour)
+        if with_colour:
+            words.append(self.colour)
         words.append(self.shape if self.count == 1 else PLURALS[self.shape])
         if self.count == 1:
             words.insert(0, _article(words[0]))
@@ -75,25 +100,41 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def random_scene(rng: random.Random) -> ShapeScene:
-    """Draw a scene uniformly over shapes, colours, counts, sizes and backgrounds."""
-    return ShapeScene(
+def random_scene(rng: random.Random, mixed: float = 0.0) -> ShapeScene:
+    """Draw a scene uniformly over shapes, colours, counts, sizes and backgrounds.
+
+    With probability ``mixed`` the scene holds two different shapes, one of each, in any colours.
+    """
+    scene = ShapeScene(
         shape=rng.choice(SHAPES),
         colour=rng.choice(list(COLOURS)),
         count=rng.choice(list(COUNT_WORDS)),
         size=rng.choice(list(SIZES)),
         background=rng.choice(list(BACKGROUNDS)),
     )
+    if mixed > 0 and rng.random() < mixed:  # no draw at mixed=0, so single-shape seeds stay as they were
+        scene = replace(scene, count=1, shape2=rng.choice([s for s in SHAPES if s != scene.shape]),
+                        colour2=rng.choice(list(COLOURS)))
+    return scene
 
 
-def training_caption(scene: ShapeScene, rng: random.Random) -> str:
-    """A caption in one of many forms, so that short zero-shot prompts are in distribution."""
+def training_caption(scene: ShapeScene, rng: random.Random, colourless: float = 0.0) -> str:
+    """A caption in one of many forms, so that short zero-shot prompts are in distribution.
+
+    A ``colourless`` share of captions leave the colour out ("a circle and a star"), so that prompts
+    naming only shapes are in distribution too.
+    """
     if rng.random() < 0.3:
         text = scene.full_caption
     else:
         text = scene.caption(
             with_count=rng.random() < 0.6, with_size=rng.random() < 0.5, with_background=rng.random() < 0.5
         )
+    if scene.shape2 and rng.random() < 0.5:
+        text = scene.caption(with_size=rng.random() < 0.5, with_background=rng.random() < 0.5, swap=True)
+    if colourless > 0 and rng.random() < colourless:  # no draw at 0, so older seeds stay as they were
+        text = scene.caption(with_count=rng.random() < 0.6, with_size=rng.random() < 0.5,
+                             with_background=rng.random() < 0.5, with_colour=False, swap=rng.random() < 0.5)
     text = rng.choice(PREFIXES) + text
     if rng.random() < 0.5:
         text += "."
@@ -162,8 +203,13 @@ def render_scene(scene: ShapeScene, rng: random.Random, size: int = 64) -> Image
     image = Image.new("RGB", (big, big), _jitter(BACKGROUNDS[scene.background], rng, 6))
     draw = ImageDraw.Draw(image)
     fill = _jitter(COLOURS[scene.colour], rng)
-    for cx, cy, r in _place(rng, scene.count, SIZES[scene.size], big):
-        _draw_shape(draw, scene.shape, cx, cy, r, fill)
+    if scene.shape2:
+        first, second = _place(rng, 2, SIZES[scene.size], big)
+        _draw_shape(draw, scene.shape, *first, fill)
+        _draw_shape(draw, scene.shape2, *second, _jitter(COLOURS[scene.colour2], rng))
+    else:
+        for cx, cy, r in _place(rng, scene.count, SIZES[scene.size], big):
+            _draw_shape(draw, scene.shape, cx, cy, r, fill)
     return image.resize((size, size), Image.Resampling.BOX)
 
 
@@ -176,20 +222,26 @@ class DemoSample:
     scene: ShapeScene
 
 
-def generate(n: int, seed: int = 0, size: int = 64) -> Iterator[DemoSample]:
-    """Yield ``n`` samples; the same seed always gives the same samples."""
+def generate(n: int, seed: int = 0, size: int = 64, mixed: float = 0.0) -> Iterator[DemoSample]:
+    """Yield ``n`` samples; the same seed gives the same samples.
+
+    With ``mixed > 0``, that share of images hold two different shapes, and a fifth of the captions
+    name shapes without their colours.
+    """
     rng = random.Random(seed)
     for _ in range(n):
-        scene = random_scene(rng)
+        scene = random_scene(rng, mixed)
         image = render_scene(scene, rng, size)
-        yield DemoSample(image=image, caption=training_caption(scene, rng), scene=scene)
+        yield DemoSample(image=image, caption=training_caption(scene, rng, 0.2 if mixed > 0 else 0.0), scene=scene)
 
 
-PAIRS_FIELDS = ("path", "caption", "full_caption", "label", "shape", "colour", "count", "size", "background")
+PAIRS_FIELDS = ("path", "caption", "full_caption", "label", "shape", "colour", "count", "size", "background",
+                "shape2", "colour2")
 
 
 def write_demo_data(
-    out: str | Path, n: int, seed: int = 0, size: int = 64, on_progress: Callable[[int], None] | None = None
+    out: str | Path, n: int, seed: int = 0, size: int = 64, on_progress: Callable[[int], None] | None = None,
+    mixed: float = 0.0,
 ) -> Path:
     """Write ``n`` PNG images under ``out/images`` and a ``pairs.csv`` beside them; return the CSV path."""
     out = Path(out)
@@ -199,7 +251,7 @@ def write_demo_data(
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PAIRS_FIELDS)
         writer.writeheader()
-        for i, sample in enumerate(generate(n, seed, size)):
+        for i, sample in enumerate(generate(n, seed, size, mixed)):
             rel = Path("images") / f"{i // 10000:03d}" / f"{i:07d}.png"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             sample.image.save(out / rel)

@@ -101,6 +101,49 @@ def build_word_tokenizer(captions: list[str], context_length: int):
     )
 
 
+def extend_word_vocab(model, tokenizer, captions: list[str]):
+    """Give a word-level tokenizer the captions' new words (fresh ids at the end) and the model rows for them.
+
+    Fine-tuning a word-level model on captions with words it has never seen would map them all to
+    ``<unk>``; existing ids keep their meaning, so the model's knowledge carries over. Other
+    tokenizers (BPE, SentencePiece) cover any text and are returned unchanged.
+    """
+    from tokenizers import models
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordLevel":
+        return tokenizer, []
+    vocab = backend.get_vocab(with_added_tokens=False)
+    words = dict.fromkeys(w for c in captions for w, _ in backend.pre_tokenizer.pre_tokenize_str(
+        backend.normalizer.normalize_str(c)))
+    new = [w for w in words if w not in vocab]
+    if not new:
+        return tokenizer, []
+    vocab.update({w: len(vocab) + i for i, w in enumerate(new)})
+    backend.model = models.WordLevel(vocab, unk_token="<unk>")
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token, model_max_length=tokenizer.model_max_length,
+    )
+    _grow_token_embedding(model, len(vocab))
+    text_config = getattr(model.config, "text_config", model.config)
+    text_config.vocab_size = len(vocab)
+    return tokenizer, new
+
+
+def _grow_token_embedding(model, size: int) -> None:
+    """Append rows to the text token embedding, each starting at the mean of the existing rows."""
+    embeddings = model.text_model.embeddings
+    old = embeddings.token_embedding
+    new = torch.nn.Embedding(size, old.embedding_dim, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[: old.num_embeddings] = old.weight
+        new.weight[old.num_embeddings :] = old.weight.mean(0)
+    embeddings.token_embedding = new
+
+
 def build_config(preset: dict[str, Any], tokenizer):
     """A transformers CLIPConfig for a preset and tokenizer."""
     from transformers import CLIPConfig
@@ -250,6 +293,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
         model = AutoModel.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
         preprocessor = ImagePreprocessor.from_pretrained(source)
+        if config.init and not resume:
+            tokenizer, _ = extend_word_vocab(model, tokenizer, [p.caption for p in pairs])
     else:
         preset = _preset(config.preset)
         tokenizer = build_word_tokenizer([p.caption for p in pairs], preset["context_length"])
