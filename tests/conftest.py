@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random checkpoints in temp dirs, and an isolated Hugging Face cache."""
+"""Shared fixtures: tiny random checkpoints in temp dirs, and isolated Hugging Face and cliplens caches."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ WORDS = "a photo of the red green blue cat dog circle square on background small
 
 @pytest.fixture(autouse=True)
 def isolated_hub(tmp_path_factory, monkeypatch):
-    """No test reads the user's Hugging Face cache or reaches the network."""
+    """No test reads the user's Hugging Face or cliplens caches or reaches the network."""
     home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cliplens-cache"))
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

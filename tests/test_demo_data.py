@@ -22,10 +22,12 @@ def test_mixed_scenes_hold_two_different_shapes_in_their_colours():
         scene = sample.scene
         assert scene.shape != scene.shape2 and scene.count == 1 and len(scene.labels) == 2
         assert scene.label == f"{scene.colour} {scene.shape} and {scene.colour2} {scene.shape2}"
-        assert " and " in sample.caption and scene.shape in sample.caption and scene.shape2 in sample.caption
+        assert scene.shape in sample.caption or scene.shape2 in sample.caption
         pixels = np.asarray(sample.image).reshape(-1, 3).astype(int)
         for colour in {scene.colour, scene.colour2}:  # both shapes are drawn, each in its own colour
             assert (np.abs(pixels - COLOURS[colour]).max(axis=1) < 40).sum() > 5
+    both = np.mean([" and " in s.caption for s in mixed])
+    assert 0.55 < both < 0.85  # the rest mention one of the two shapes, as real captions often do
     colourless = [s for s in samples if not any(c in s.caption for c in COLOURS)]
     assert 20 < len(colourless) < 110  # a fifth of captions name shapes only
     assert all(any(shape in s.caption for shape in SHAPES) for s in colourless)

@@ -103,7 +103,9 @@ def test_fine_tuning_a_word_level_model_learns_new_words(pairs_file, tiny_preset
     out = train(TrainConfig(pairs=str(mixed), out=str(tmp_path / "ft"), init=str(base), steps=2, batch_size=8,
                             lr=1e-4, save_every=0)).out
     old, new = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(out)
-    assert "and" not in old.get_vocab() and new.get_vocab()["and"] == len(old)  # appended, old ids kept
+    assert "and" not in old.get_vocab() and "and" in new.get_vocab()
+    added = {v for k, v in new.get_vocab().items() if k not in old.get_vocab()}
+    assert added == set(range(len(old), len(new)))  # new words appended, old ids kept
     assert {k: v for k, v in new.get_vocab().items() if k in old.get_vocab()} == old.get_vocab()
     ids = new("a red circle and a blue star")["input_ids"]
     assert new.unk_token_id not in ids

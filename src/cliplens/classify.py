@@ -1,18 +1,32 @@
-"""Zero-shot classification of an image against candidate labels."""
+"""Zero-shot classification that can answer "none of these".
+
+A :class:`Classifier` embeds its labels (and the reference vocabulary) once, then scores any number
+of images: probabilities over the labels (softmax for CLIP, per-label sigmoid for SigLIP), the raw
+cosine of each label, a calibrated probability that no label fits, and with a calibration and a
+coverage level, a conformal prediction set.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Sequence
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .calibration import Calibration, FitDetector, default_calibration
+from .embed import iter_image_batches
+from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
 from .models import Encoder, as_encoder
-from .scores import cosine, label_probabilities
+from .prompts import (DEFAULT_TEMPLATE, LabelWarning, clean_labels, imagenet_classes, label_embeddings, resolve_templates,
+                      warn_unreadable)
+from .reference import ReferenceVocabulary
+from .scores import cosine, label_probabilities, softmax
 
-DEFAULT_TEMPLATE = "a photo of a {}."
+NONE_THRESHOLD = 0.5  # at or above this, "none of these" is the answer shown
 
 
 @dataclass(frozen=True)
@@ -26,52 +40,151 @@ class LabelScore:
 
 @dataclass(frozen=True)
 class Classification:
-    """The labels of one image, best first."""
+    """The labels of one image, best first, and the probability that none of them fits.
+
+    ``looks_like`` is the reference caption the image matches best (shown when no label fits);
+    ``prediction_set`` is the conformal set when a coverage level was asked for.
+    """
 
     image: str
     model: str
     labels: list[LabelScore]
+    none_of_these: float
+    prediction_set: list[str] | None = None
+    looks_like: str | None = None
+
+    @property
+    def top(self) -> LabelScore:
+        return self.labels[0]
+
+    @property
+    def is_none_of_these(self) -> bool:
+        return self.none_of_these >= NONE_THRESHOLD
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form: image, model, labels (label, probability, similarity), none_of_these
+        (and prediction_set when a coverage was asked for)."""
+        data = {"image": self.image, "model": self.model,
+                "labels": [{"label": s.label, "probability": s.probability, "similarity": s.similarity}
+                           for s in self.labels],
+                "none_of_these": self.none_of_these}
+        if self.prediction_set is not None:
+            data["prediction_set"] = list(self.prediction_set)
+        return data
 
 
-def prompts_for(labels: Sequence[str], template: str | None) -> list[str]:
-    """Fill each label into the template (``None`` or ``"{}"`` uses labels verbatim)."""
-    if template is None:
-        return list(labels)
-    if "{}" not in template:
-        raise UsageError(f"template {template!r} needs a {{}} where the label goes")
-    return [template.replace("{}", label) for label in labels]
+def _resolve_calibration(calibration: Calibration | str | os.PathLike | bool | None, encoder: Encoder
+                         ) -> Calibration | None:
+    if calibration is False:
+        return None
+    if calibration is None:
+        return default_calibration(encoder.info.path)
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration.model != encoder.name and Path(calibration.model).resolve() != Path(encoder.info.path).resolve():
+        raise UsageError(f"{calibration.source or 'calibration'}: fitted for model {calibration.model!r}, "
+                         f"but this run uses {encoder.name!r}; calibrate this model with `cliplens calibrate`")
+    return calibration
 
 
-def _check_labels(labels: Sequence[str]) -> list[str]:
-    labels = [str(label).strip() for label in labels]
-    if not labels or any(not label for label in labels):
-        raise UsageError("give at least one non-empty label")
-    if len(set(labels)) != len(labels):
-        raise UsageError("labels must be distinct")
-    return labels
+class Classifier:
+    """Zero-shot classification against a fixed label set; label embeddings are computed once.
+
+    ``calibration``: a :class:`Calibration` or a file from ``cliplens calibrate`` (its temperature
+    then rescales the probabilities, and ``coverage``, e.g. 0.9, adds conformal prediction sets);
+    ``None`` uses the calibration shipped beside the model, if any, for "none of these" only, so the
+    probabilities stay the model's own (as transformers' pipeline gives them); ``False`` uses none.
+    """
+
+    def __init__(self, labels: Sequence[str], model: Encoder | str | None = None, *,
+                 template: str | None = DEFAULT_TEMPLATE, templates: str | Sequence[str] | None = None,
+                 multi_label: bool = False, calibration: Calibration | str | os.PathLike | bool | None = None,
+                 coverage: float | None = None, device: str | None = None):
+        self.labels = clean_labels(labels)
+        self.templates = resolve_templates(templates, template)
+        self.encoder = as_encoder(model, device)
+        self.calibration = _resolve_calibration(calibration, self.encoder)
+        explicit = self.calibration is not None and calibration is not None
+        self.multi_label = multi_label
+        self.coverage = coverage
+        self.quantile = None
+        if coverage is not None:
+            if not explicit:
+                raise UsageError("--coverage needs a calibration: fit one with `cliplens calibrate DATASET --out FILE` "
+                                 "and pass --calibration FILE")
+            self.quantile = self.calibration.quantile(coverage)
+            if sorted(self.labels) != sorted(self.calibration.classes):
+                warnings.warn(f"{self.calibration.source or 'calibration'}: its coverage guarantee holds for its "
+                              f"{len(self.calibration.classes)} classes; these labels differ", LabelWarning, stacklevel=2)
+        if len(self.labels) == 1 and self.encoder.score_kind == "softmax":
+            warnings.warn(f"only one label ({self.labels[0]!r}): a softmax over one label is always 100%, so its "
+                          "probability here is whether it fits the image at all (the none-of-these detector)",
+                          LabelWarning, stacklevel=2)
+        self.detector = self.calibration.detector if self.calibration else FitDetector()
+        self.temperature = self.calibration.temperature if explicit else 1.0
+        reference = self.calibration.reference if self.calibration else imagenet_classes()
+        self.reference = ReferenceVocabulary(reference)
+        warn_unreadable(self.encoder, self.labels)
+        self.text_vectors = label_embeddings(self.encoder, self.labels, self.templates)
+
+    def _probabilities(self, sims: np.ndarray, fit: np.ndarray) -> np.ndarray:
+        if self.encoder.score_kind == "softmax" and (self.multi_label or len(self.labels) == 1):
+            return fit  # independent per label: does this label fit at all?
+        return label_probabilities(sims, self.encoder, self.temperature)
+
+    def score_vectors(self, image_vectors: np.ndarray, names: Sequence[str]) -> list[Classification]:
+        """Classifications of already-embedded images (rows of L2-normalised vectors)."""
+        sims = cosine(image_vectors, self.text_vectors)
+        logits = sims.astype(np.float64) * self.encoder.logit_scale
+        reference_best, looks_like = self.reference.best(self.encoder, image_vectors)
+        reference_logits = reference_best.astype(np.float64) * self.encoder.logit_scale
+        fit = self.detector.probability(logits, reference_logits)
+        probs = self._probabilities(sims, fit)
+        none = 1.0 - fit.max(axis=1)
+        conformal = softmax(logits / self.temperature) if self.quantile is not None else None
+        results = []
+        for i, name in enumerate(names):
+            order = np.argsort(-probs[i], kind="stable")
+            scores = [LabelScore(self.labels[j], float(probs[i, j]), float(sims[i, j])) for j in order]
+            prediction_set = None
+            if conformal is not None:
+                prediction_set = [self.labels[j] for j in np.argsort(-conformal[i], kind="stable")
+                                  if conformal[i, j] >= 1.0 - self.quantile]
+            results.append(Classification(name, self.encoder.name, scores, float(none[i]), prediction_set,
+                                          looks_like[i]))
+        return results
+
+    def classify(self, image: ImageSource) -> Classification:
+        """Classify one image (path, bytes or PIL image); a bad image raises :class:`ImageLoadError`."""
+        return self.score_vectors(self.encoder.encode_images([image]), [source_name(image)])[0]
+
+    def classify_many(self, images: Sequence[ImageSource], *, batch_size: int | None = None, workers: int | None = None,
+                      on_progress: Callable[[int, int], None] | None = None
+                      ) -> Iterator[Classification | ImageLoadError]:
+        """Classify images in input order, yielding a result or the :class:`ImageLoadError` of each."""
+        images = list(images)
+        batch_size = batch_size or self.encoder.image_batch_size
+        workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+        done = 0
+        for batch in iter_image_batches(images, self.encoder, batch_size, workers):
+            ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]
+            scored = iter(self.score_vectors(self.encoder.encode_prepared([p for _, p in ok]),
+                                             [source_name(images[i]) for i, _ in ok]) if ok else [])
+            for _, pixels, _ in batch:
+                yield pixels if isinstance(pixels, ImageLoadError) else next(scored)
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, len(images))
 
 
 def classify(image: ImageSource, labels: Sequence[str], model: Encoder | str | None = None, *,
-             template: str | None = DEFAULT_TEMPLATE, multi_label: bool = False,
-             device: str | None = None) -> Classification:
-    """Score one image against candidate labels; labels come back sorted by probability."""
-    labels = _check_labels(labels)
-    encoder = as_encoder(model, device)
-    text = encoder.encode_texts(prompts_for(labels, template))
-    vector = encoder.encode_images([image])
-    return _result(source_name(image), encoder, labels, vector, text, multi_label)[0]
+             template: str | None = DEFAULT_TEMPLATE, templates: str | Sequence[str] | None = None,
+             multi_label: bool = False, calibration: Calibration | str | os.PathLike | bool | None = None,
+             coverage: float | None = None, device: str | None = None) -> Classification:
+    """Score one image against candidate labels; labels come back sorted by probability.
 
-
-def _result(name: str, encoder: Encoder, labels: list[str], image_vectors: np.ndarray, text_vectors: np.ndarray,
-            multi_label: bool) -> list[Classification]:
-    sims = cosine(image_vectors, text_vectors)
-    probs = label_probabilities(sims, encoder, multi_label)
-    results = []
-    for row_sim, row_prob in zip(sims, probs):
-        order = np.argsort(-row_prob, kind="stable")
-        scores = [LabelScore(labels[j], float(row_prob[j]), float(row_sim[j])) for j in order]
-        results.append(Classification(name, encoder.name, scores))
-    return results
+    See :class:`Classifier` for the options; use it directly to classify many images with one label set.
+    """
+    classifier = Classifier(labels, model, template=template, templates=templates, multi_label=multi_label,
+                            calibration=calibration, coverage=coverage, device=device)
+    return classifier.classify(image)

@@ -7,6 +7,7 @@ inputs failed and were reported), 2 usage or fatal error.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import sys
 import warnings
@@ -153,23 +154,124 @@ def models_path(name: str = typer.Argument(..., help="Hub id, alias or folder.")
 
 @app.command()
 @command
-def classify(image: Path = typer.Argument(..., help="Image file."),
-             labels: List[str] = typer.Argument(..., help="Candidate labels."),
+def classify(image: str = typer.Argument(..., help="Image file, or a folder or quoted glob for many images."),
+             labels: List[str] = typer.Argument(None, help="Candidate labels (or use --labels-file)."),
+             labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="Labels, one per line."),
              template: str = typer.Option("a photo of a {}.", "--template", help="Prompt with {} for the label; 'none' for verbatim labels."),
-             multi_label: bool = typer.Option(False, "--multi-label", help="Independent probability per label."),
+             templates: Optional[str] = typer.Option(None, "--templates", help="Prompt ensemble: imagenet (80 templates), imagenet-7, a file of templates, or none (labels verbatim)."),
+             multi_label: bool = typer.Option(False, "--multi-label", help="Independent probability per label (several may fit)."),
+             calibration: Optional[Path] = typer.Option(None, "--calibration", help="File from `cliplens calibrate` (default: the one shipped with the model, if any)."),
+             coverage: Optional[float] = typer.Option(None, "--coverage", help="Add a conformal prediction set with this coverage, e.g. 0.9 (needs a calibration)."),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="Many images: write results to FILE.csv or FILE.jsonl."),
+             fmt: Optional[str] = typer.Option(None, "--format", help="Many images: print csv or jsonl on stdout."),
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+             workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
              model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """Zero-shot classification: how well each label matches the image."""
+    """Zero-shot classification: how well each label matches, and whether none of them does."""
+    from cliplens.prompts import read_labels_file
+
+    label_list = list(labels or [])
+    if labels_file is not None:
+        label_list += read_labels_file(labels_file)
+    if not label_list:
+        raise UsageError("give labels after the image, or --labels-file FILE")
+    many = Path(image).is_dir() or glob.has_magic(image) or output is not None or fmt is not None
     encoder = cliplens.load_model(model, device=device)
-    result = cliplens.classify(image, labels, encoder, template=None if template == "none" else template,
-                               multi_label=multi_label)
+    classifier = cliplens.Classifier(label_list, encoder, template=template, templates=templates,
+                                     multi_label=multi_label, calibration=calibration, coverage=coverage)
+    if many:
+        _classify_many(classifier, image, output, fmt, as_json, batch_size, workers)
+        return
+    result = classifier.classify(image)
     if as_json:
         _emit_json(result.to_dict())
         return
+    _print_classification(result, coverage)
+
+
+def _print_classification(result, coverage: Optional[float]) -> None:
+    if result.is_none_of_these:
+        hint = f" (it looks more like: {result.looks_like})" if result.looks_like else ""
+        out.print(f"[yellow]none of these[/]: {result.none_of_these * 100:.1f}% that no label fits{hint}", highlight=False)
     width = max(len(s.label) for s in result.labels)
     for s in result.labels:
         bar = "█" * round(s.probability * 30)
-        out.print(f"{s.label:<{width}}  {s.probability * 100:5.1f}%  [cyan]{bar}[/]  (cos {s.similarity:.3f})",
+        out.print(f"{s.label:<{width}}  {s.probability * 100:5.1f}%  [cyan]{bar:<30}[/]  (cos {s.similarity:.3f})",
                   highlight=False)
+    if not result.is_none_of_these:
+        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%[/]", highlight=False)
+    if result.prediction_set is not None:
+        members = ", ".join(result.prediction_set) or "(empty)"
+        out.print(f"prediction set at {coverage:.0%} coverage: {members}", highlight=False)
+
+
+def _classify_many(classifier, image: str, output: Optional[Path], fmt: Optional[str], as_json: bool,
+                   batch_size: Optional[int], workers: Optional[int]) -> None:
+    from cliplens.results import ResultWriter, format_for
+
+    sources = cliplens.expand_paths([image])
+    if not sources:
+        raise UsageError(f"no images found in {image}")
+    fmt = format_for(output) if output is not None else (fmt or ("jsonl" if as_json else None))
+    stream = output.open("w", newline="", encoding="utf-8") if output is not None else sys.stdout
+    writer = ResultWriter(stream, fmt, classifier.labels, classifier.coverage is not None) if fmt else None
+    failed = 0
+    try:
+        with progress("classifying") as bar:
+            task = bar.add_task("classifying", total=len(sources), rate="")
+            for item in classifier.classify_many(sources, batch_size=batch_size, workers=workers,
+                                                 on_progress=_rate_updater(bar, task, "img")):
+                if isinstance(item, cliplens.ImageLoadError):
+                    failed += 1
+                    bar.console.print(f"[yellow]skipped[/] {item.source}: {item.reason}", highlight=False)
+                if writer is not None:
+                    writer.write(item)
+                elif not isinstance(item, cliplens.ImageLoadError):
+                    answer = (f"none of these ({item.none_of_these:.0%})" if item.is_none_of_these
+                              else f"{item.top.label} ({item.top.probability:.0%})")
+                    out.print(f"{item.image}\t{answer}", highlight=False)
+    finally:
+        if output is not None:
+            stream.close()
+    done = f" → {output}" if output is not None else ""
+    err.print(f"classified {len(sources) - failed} image(s), {failed} failed{done}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-folder per class, or a CSV/JSONL of path,label."),
+              out_file: Path = typer.Option(..., "--out", "-o", help="Calibration file to write (JSON)."),
+              template: str = typer.Option("a photo of a {}.", "--template", help="Prompt with {} for the label; 'none' for verbatim."),
+              templates: Optional[str] = typer.Option(None, "--templates", help="Prompt ensemble (as for classify)."),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+              workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
+              model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Fit temperature, the none-of-these detector and conformal scores for a model on labelled images."""
+    encoder = cliplens.load_model(model, device=device)
+    with progress("embedding") as bar:
+        task = bar.add_task("embedding", total=None, rate="")
+        run_ = cliplens.calibrate(dataset, encoder, template=template, templates=templates, batch_size=batch_size,
+                                  workers=workers, on_progress=_rate_updater(bar, task, "img"))
+    for error in run_.errors:
+        err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
+    path = run_.calibration.save(out_file)
+    report = run_.calibration.report
+    if as_json:
+        _emit_json({"out": str(path), "model": encoder.name, "skipped": len(run_.errors), **report})
+    else:
+        none, q90 = report["none_of_these"], report["conformal"]["0.9"]
+        err.print(f"calibrated {encoder.name} on {report['images']} images of {report['classes']} classes "
+                  f"(zero-shot top-1 {report['accuracy']:.3f})\n"
+                  f"temperature {report['temperature']:.3f}: expected calibration error "
+                  f"{report['ece_before']:.4f} → {report['ece_after']:.4f}\n"
+                  f"none of these flags {none['flagged_in_domain']:.1%} of images when their class is offered and "
+                  f"{none['flagged_out_of_domain']:.1%} when it is not\n"
+                  f"90% conformal sets: threshold {q90['quantile']:.4f}, mean size {q90['mean_set_size']:.2f}\n"
+                  f"→ {path}", highlight=False)
+    if run_.errors:
+        raise typer.Exit(1)
 
 
 # --- embed -------------------------------------------------------------------------------------------
@@ -232,6 +334,8 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
 def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
               n: int = typer.Option(1000, "-n", min=1, help="Number of image–caption pairs."),
               seed: int = typer.Option(0, "--seed"), size: int = typer.Option(64, "--size", min=16, help="Image side in pixels."),
+              mixed: float = typer.Option(0.0, "--mixed", min=0.0, max=1.0,
+                                          help="Share of images holding two different shapes."),
               as_json: bool = JsonOpt) -> None:
     """Write synthetic shape images and a pairs.csv of natural captions (the demo model's domain)."""
     from cliplens.demo_data import write_demo_data
@@ -239,9 +343,10 @@ def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output fold
     with progress("generating") as bar:
         task = bar.add_task("generating", total=n, rate="")
         update = _rate_updater(bar, task, "img")
-        pairs = write_demo_data(out_dir, n, seed=seed, size=size, on_progress=lambda done: update(done, n))
+        pairs = write_demo_data(out_dir, n, seed=seed, size=size, mixed=mixed,
+                                on_progress=lambda done: update(done, n))
     if as_json:
-        _emit_json({"pairs": str(pairs), "count": n, "seed": seed})
+        _emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed})
     else:
         err.print(f"wrote {n} pairs → {pairs}")
 

@@ -24,15 +24,11 @@ def cosine(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float32) @ np.asarray(texts, np.float32).T
 
 
-def label_probabilities(similarity: np.ndarray, encoder: Encoder, multi_label: bool = False) -> np.ndarray:
-    """Probabilities over labels: softmax with the logit scale for CLIP, independent sigmoids for SigLIP.
-
-    ``multi_label`` gives each label its own probability for CLIP too (sigmoid of the scaled cosine
-    against the mean over labels), so several can be high at once.
+def label_probabilities(similarity: np.ndarray, encoder: Encoder, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities over labels the way the model was trained: a softmax of the scaled cosines for CLIP
+    (divided by a calibrated ``temperature``), an independent sigmoid with the bias per label for SigLIP.
     """
-    logits = similarity * encoder.logit_scale
+    logits = np.asarray(similarity, np.float64) * encoder.logit_scale
     if encoder.score_kind == "sigmoid":
         return sigmoid(logits + (encoder.logit_bias or 0.0))
-    if multi_label:
-        return sigmoid(logits - logits.mean(axis=-1, keepdims=True))
-    return softmax(logits)
+    return softmax(logits / temperature)

@@ -126,6 +126,10 @@ class Encoder(ABC):
                   for i in range(0, len(texts), self.text_batch_size)]
         return l2_normalize(np.concatenate(chunks)) if chunks else empty_vectors(self.embed_dim)
 
+    def readable(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the model's tokenizer knows every word of each text; byte-level tokenizers know all."""
+        return [True] * len(texts)
+
     def close(self) -> None:
         """Release the model's memory; the encoder cannot be used afterwards."""
 

@@ -113,13 +113,21 @@ class TransformersEncoder(Encoder):
         with torch.inference_mode():
             return _features(self.model.get_image_features(**tensors)).float().cpu().numpy()
 
+    def readable(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the tokenizer knows every word of each text (no unknown token)."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None:
+            return [True] * len(texts)
+        return [unk not in ids for ids in self.tokenizer(list(texts))["input_ids"]]
+
     def tokenize(self, texts: Sequence[str]):
         """Token ids and mask as the model was trained (SigLIP pads to its full context)."""
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
-        cut = sum(1 for n in lengths if n > self.context_length)
+        cut = [text for text, n in zip(texts, lengths) if n > self.context_length]
         if cut:
-            warnings.warn(f"{cut} text(s) longer than the model's {self.context_length} tokens were truncated",
-                          TextTruncatedWarning, stacklevel=3)
+            example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
+            warnings.warn(f"{len(cut)} text(s) longer than the model's {self.context_length} tokens were truncated, "
+                          f"e.g. {example!r}", TextTruncatedWarning, stacklevel=3)
         padding = "max_length" if self.family in ("siglip", "siglip2") else True
         return self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.context_length,
                               return_tensors="pt")

@@ -1,0 +1,122 @@
+"""Zero-shot classification figures of a model on the demo domain (fresh images it never saw).
+
+    python benchmarks/classify.py [--model demo] [--n 1000]
+
+Prints: top-1 per prompt style; the largest probability difference from transformers'
+zero-shot-image-classification pipeline; how often "none of these" is flagged for label sets with and
+without the true label (with the model's calibration and with none); conformal coverage and set sizes;
+multi-label results on two-shape images; and batch throughput from PNG files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import cliplens
+from cliplens.calibration import default_calibration
+from cliplens.demo_data import DEMO_LABELS, SHAPES, generate
+
+SEED = 20261122
+
+
+def label_sets(samples, rng, unrelated_only):
+    """(labels with the truth, labels without it) per image, 2–6 labels each."""
+    cases = []
+    for sample in samples:
+        scene, k = sample.scene, rng.randint(2, 6)
+        others = [label for label in DEMO_LABELS if label != scene.label]
+        pool = [label for label in others if scene.colour not in label and scene.shape not in label] if unrelated_only else others
+        cases.append(([scene.label, *rng.sample(others, k - 1)], rng.sample(pool, k)))
+    return cases
+
+
+def flag_rates(encoder, vectors, cases, calibration):
+    flagged_in, flagged_out = [], []
+    for vector, (with_truth, without) in zip(vectors, cases):
+        for labels, flags in ((with_truth, flagged_in), (without, flagged_out)):
+            result = cliplens.Classifier(labels, encoder, calibration=calibration).score_vectors(vector[None], [""])[0]
+            flags.append(result.is_none_of_these)
+    return np.mean(flagged_in), np.mean(flagged_out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--n", type=int, default=1000)
+    args = parser.parse_args()
+    encoder = cliplens.load_model(args.model)
+    samples = list(generate(args.n, seed=SEED))
+    vectors = encoder.encode_images([s.image for s in samples])
+    truth = [s.scene.label for s in samples]
+    names = [""] * len(samples)
+
+    print(f"model {args.model}, {args.n} held-out images (seed {SEED}), 30 colour × shape labels")
+    for name, kw in [("'a photo of a {}.'", {}), ("80 ImageNet templates", {"templates": "imagenet"}),
+                     ("labels verbatim", {"templates": "none"})]:
+        results = cliplens.Classifier(DEMO_LABELS, encoder, **kw).score_vectors(vectors, names)
+        print(f"  top-1, {name:<24} {np.mean([r.top.label == t for r, t in zip(results, truth)]):.3f}")
+
+    from transformers import pipeline
+
+    pipe = pipeline("zero-shot-image-classification", model=encoder.info.path, device="cpu")
+    rng = random.Random(1)
+    worst = 0.0
+    for sample in samples[:50]:
+        labels = rng.sample(DEMO_LABELS, 5)
+        theirs = {d["label"]: d["score"] for d in pipe(sample.image, candidate_labels=labels,
+                                                       hypothesis_template="a photo of a {}.")}
+        ours = cliplens.classify(sample.image, labels, encoder)
+        worst = max(worst, max(abs(s.probability - theirs[s.label]) for s in ours.labels))
+    print(f"  largest |p - transformers pipeline| over 50 images × 5 labels: {worst:.2e}")
+
+    shipped = default_calibration(encoder.info.path)
+    subset, subset_vectors = samples[:500], vectors[:500]
+    for what, unrelated in (("labels sharing neither colour nor shape", True), ("any wrong labels", False)):
+        cases = label_sets(subset, random.Random(2), unrelated)
+        for calibration, tag in ((None, "shipped calibration"), (False, "no calibration")):
+            if calibration is None and shipped is None:
+                continue
+            inside, outside = flag_rates(encoder, subset_vectors, cases, calibration)
+            print(f"  none of these ({tag}), 2–6 {what}: flagged {outside:.3f} without the true label, "
+                  f"{inside:.3f} with it")
+
+    if shipped is not None:
+        for coverage in (0.8, 0.9, 0.95):
+            results = cliplens.Classifier(DEMO_LABELS, encoder, calibration=shipped, coverage=coverage
+                                          ).score_vectors(vectors, names)
+            covered = np.mean([t in r.prediction_set for r, t in zip(results, truth)])
+            sizes = [len(r.prediction_set) for r in results]
+            print(f"  conformal {coverage:.0%}: coverage {covered:.3f}, mean set size {np.mean(sizes):.2f}, "
+                  f"empty {np.mean([s == 0 for s in sizes]):.3f}")
+
+    mixed = list(generate(500, seed=SEED + 2, mixed=1.0))
+    mixed_vectors = encoder.encode_images([s.image for s in mixed])
+    both = cliplens.Classifier(DEMO_LABELS, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
+    top2 = np.mean([{s.label for s in r.labels[:2]} == set(m.scene.labels) for r, m in zip(both, mixed)])
+    over = np.mean([sum(s.probability >= 0.5 for s in r.labels) for r in both])
+    shapes = cliplens.Classifier(SHAPES, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
+    exact = np.mean([{s.label for s in r.labels if s.probability >= 0.5} == {m.scene.shape, m.scene.shape2}
+                     for r, m in zip(shapes, mixed)])
+    print(f"  multi-label on 500 two-shape images: both colour-shape labels top-2 {top2:.3f} "
+          f"(labels ≥ 50% per image: {over:.2f}); exactly the two shapes ≥ 50% of 5 shape labels: {exact:.3f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, sample in enumerate(samples):
+            paths.append(Path(tmp) / f"{i}.png")
+            sample.image.resize((256, 256)).save(paths[-1])
+        classifier = cliplens.Classifier(DEMO_LABELS, encoder)
+        start = time.perf_counter()
+        count = sum(1 for _ in classifier.classify_many(paths))
+        elapsed = time.perf_counter() - start
+        print(f"  classify_many: {count} 256-px PNGs in {elapsed:.2f} s = {count / elapsed:.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()

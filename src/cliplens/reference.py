@@ -1,0 +1,98 @@
+"""A reference vocabulary: what a caption that really matches an image scores for this model.
+
+Cosine similarities mean different things for different models and images, so a label's raw
+similarity alone says little about whether it fits. Comparing it with the image's best match in a
+broad vocabulary (the 1,000 ImageNet classes by default, plus a calibration's own classes) does:
+a label that fits scores about as well as the best reference caption; when every label scores far
+below it, the image shows something else ("none of these"), and the reference caption says what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .models import Encoder
+from .prompts import DEFAULT_TEMPLATE, label_embeddings
+
+
+def cache_dir() -> Path:
+    """Where cliplens keeps derived data (reference embeddings); ``CLIPLENS_CACHE_DIR`` overrides it."""
+    env = os.environ.get("CLIPLENS_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cliplens"))
+
+
+def _fingerprint(encoder: Encoder, texts: Sequence[str]) -> str:
+    """A key that changes when the model's weights or the texts change."""
+    h = hashlib.sha256()
+    info = encoder.info
+    h.update(f"{info.name}\0{info.path}\0{info.family}\0{info.embed_dim}\0".encode())
+    folder = Path(info.path)
+    if folder.is_dir():
+        for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            stat = weights.stat()
+            h.update(f"{weights.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    h.update("\n".join(texts).encode())
+    return h.hexdigest()[:32]
+
+
+class ReferenceVocabulary:
+    """Reference labels, embedded once per model (and cached on disk, since large models embed slowly).
+
+    Labels with words the model's tokenizer does not know (a word-level model such as ``demo`` reads
+    "red fox" as "red <unk>") are left out for that model: they say nothing about what it sees
+    (unless it can read none of them).
+    """
+
+    def __init__(self, labels: Sequence[str], template: str = DEFAULT_TEMPLATE):
+        self.labels = list(dict.fromkeys(labels))
+        self.template = template
+        self._for_model: dict[int, tuple[list[str], np.ndarray]] = {}
+
+    def for_model(self, encoder: Encoder) -> tuple[list[str], np.ndarray]:
+        """The reference labels this model can read and their normalised embeddings."""
+        key = id(encoder)
+        if key in self._for_model:
+            return self._for_model[key]
+        prompts = [self.template.replace("{}", label) for label in self.labels]
+        keep = encoder.readable(prompts)
+        if not any(keep):  # a tokenizer that reads none of them: better all than nothing
+            keep = [True] * len(prompts)
+        labels = [label for label, ok in zip(self.labels, keep) if ok]
+        prompts = [prompt for prompt, ok in zip(prompts, keep) if ok]
+        path = cache_dir() / "reference" / f"{_fingerprint(encoder, prompts)}.npy"
+        vectors = None
+        if path.exists():
+            try:
+                vectors = np.load(path)
+            except (OSError, ValueError):
+                vectors = None  # a damaged cache file is recomputed
+            if vectors is not None and vectors.shape != (len(prompts), encoder.embed_dim):
+                vectors = None
+        if vectors is None:
+            vectors = label_embeddings(encoder, labels, [self.template])
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+                with tmp.open("wb") as fh:
+                    np.save(fh, vectors)
+                tmp.replace(path)
+            except OSError:
+                pass  # a read-only cache only costs time
+        self._for_model[key] = (labels, vectors)
+        return labels, vectors
+
+    def best(self, encoder: Encoder, image_vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Each image's highest cosine over the vocabulary, and the reference label that scored it."""
+        labels, vectors = self.for_model(encoder)
+        sims = np.asarray(image_vectors, np.float32) @ vectors.T
+        index = sims.argmax(axis=1)
+        return sims[np.arange(len(index)), index], [labels[i] for i in index]
