@@ -26,16 +26,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Reproduces the bundled demo model (about 70 minutes on a 2-core CPU): training from scratch on
+# Reproduces the bundled demo model (about 75 minutes on a 2-core CPU): training from scratch on
 # one-shape images, fine-tuning on a mix with two-shape images, then calibrating on separate images.
 DEMO_FILES := config.json model.safetensors tokenizer.json tokenizer_config.json preprocessor_config.json
 demo-model: $(STAMP)
 	$(BIN)/cliplens demo-data --out build/demo-data -n 200000 --seed 0
 	$(BIN)/cliplens train build/demo-data/pairs.csv --out build/demo-model-base --config demo --steps 4500 \
 		--batch-size 128 --lr 2e-3 --seed 0 --save-every 500
-	$(BIN)/cliplens demo-data --out build/demo-mixed -n 100000 --seed 1 --mixed 0.35
+	$(BIN)/cliplens demo-data --out build/demo-mixed -n 100000 --seed 1 --mixed 0.5
 	$(BIN)/cliplens train build/demo-mixed/pairs.csv --out build/demo-model --init build/demo-model-base \
-		--steps 2000 --batch-size 128 --lr 5e-4 --seed 0 --save-every 500
+		--steps 2500 --batch-size 128 --lr 8e-4 --seed 0 --save-every 500
 	mkdir -p src/cliplens/models/demo
 	cd build/demo-model && cp $(DEMO_FILES) ../../src/cliplens/models/demo/
 	$(BIN)/cliplens demo-data --out build/demo-calib -n 2000 --seed 7

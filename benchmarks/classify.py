@@ -97,14 +97,14 @@ def main() -> None:
 
     mixed = list(generate(500, seed=SEED + 2, mixed=1.0))
     mixed_vectors = encoder.encode_images([s.image for s in mixed])
-    both = cliplens.Classifier(DEMO_LABELS, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
-    top2 = np.mean([{s.label for s in r.labels[:2]} == set(m.scene.labels) for r, m in zip(both, mixed)])
-    over = np.mean([sum(s.probability >= 0.5 for s in r.labels) for r in both])
-    shapes = cliplens.Classifier(SHAPES, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
-    exact = np.mean([{s.label for s in r.labels if s.probability >= 0.5} == {m.scene.shape, m.scene.shape2}
-                     for r, m in zip(shapes, mixed)])
-    print(f"  multi-label on 500 two-shape images: both colour-shape labels top-2 {top2:.3f} "
-          f"(labels ≥ 50% per image: {over:.2f}); exactly the two shapes ≥ 50% of 5 shape labels: {exact:.3f}")
+    for what, labels, truths in (("5 shape labels", SHAPES, [{m.scene.shape, m.scene.shape2} for m in mixed]),
+                                 ("30 colour-shape labels", DEMO_LABELS, [set(m.scene.labels) for m in mixed])):
+        results = cliplens.Classifier(labels, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
+        present = [{s.label for s in r.labels if s.probability >= 0.5} for r in results]
+        both = np.mean([t <= p for t, p in zip(truths, present)])
+        exact = np.mean([t == p for t, p in zip(truths, present)])
+        print(f"  multi-label on 500 two-shape images, {what}: both ≥ 50% in {both:.3f}, exactly them in "
+              f"{exact:.3f}, {np.mean([len(p) for p in present]):.2f} labels ≥ 50% per image")
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

@@ -83,7 +83,8 @@ def tiny_siglip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model():
-    """The bundled, trained demo model: for every test whose point is behaviour."""
+    """The bundled, trained demo model: for every test whose point is behaviour (kept out of load_model's
+    cache, so a test of release_models cannot close it under the others)."""
     from cliplens import load_model
 
-    return load_model("demo", device="cpu")
+    return load_model("demo", device="cpu", cache=False)

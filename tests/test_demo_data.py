@@ -27,7 +27,7 @@ def test_mixed_scenes_hold_two_different_shapes_in_their_colours():
         for colour in {scene.colour, scene.colour2}:  # both shapes are drawn, each in its own colour
             assert (np.abs(pixels - COLOURS[colour]).max(axis=1) < 40).sum() > 5
     both = np.mean([" and " in s.caption for s in mixed])
-    assert 0.55 < both < 0.85  # the rest mention one of the two shapes, as real captions often do
+    assert 0.35 < both < 0.65  # the rest mention one of the two shapes, as real captions often do
     colourless = [s for s in samples if not any(c in s.caption for c in COLOURS)]
     assert 20 < len(colourless) < 110  # a fifth of captions name shapes only
     assert all(any(shape in s.caption for shape in SHAPES) for s in colourless)

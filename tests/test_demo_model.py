@@ -86,7 +86,7 @@ def test_cli_classify_bad_image_is_one_line_exit_2(tmp_path, content, reason):
     image = tmp_path / "bad.jpg"
     if content is not None:
         image.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "cliplens.cli", "classify", str(image), "red circle", "--model", "demo"],
+    proc = subprocess.run([sys.executable, "-m", "cliplens.cli", "classify", str(image), "red circle", "blue star", "--model", "demo"],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

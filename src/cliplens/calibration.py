@@ -242,7 +242,7 @@ def calibrate(dataset: str | Path, model=None, *, template: str | None = None, t
     from .embed import embed_images
     from .models import as_encoder
     from .prompts import DEFAULT_TEMPLATE, imagenet_classes, label_embeddings, resolve_templates
-    from .reference import ReferenceVocabulary
+    from .reference import shared_vocabulary
 
     data = read_labelled_images(dataset)
     encoder = as_encoder(model, device)
@@ -251,7 +251,7 @@ def calibrate(dataset: str | Path, model=None, *, template: str | None = None, t
     embedded = embed_images(data.paths, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
     label_of = dict(zip((str(p) for p in data.paths), data.labels))
     truth = [data.classes.index(label_of[name]) for name in embedded.sources]
-    vocabulary = ReferenceVocabulary([*imagenet_classes(), *data.classes])
+    vocabulary = shared_vocabulary(tuple(dict.fromkeys([*imagenet_classes(), *data.classes])))
     reference_best, _ = vocabulary.best(encoder, embedded.vectors)
     calibration = fit_calibration(embedded.vectors, truth, class_vectors, reference_best, encoder.logit_scale,
                                   model=encoder.name, templates=prompt_templates, classes=data.classes,

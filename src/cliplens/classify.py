@@ -23,10 +23,12 @@ from .images import ImageSource, source_name
 from .models import Encoder, as_encoder
 from .prompts import (DEFAULT_TEMPLATE, LabelWarning, clean_labels, imagenet_classes, label_embeddings, resolve_templates,
                       warn_unreadable)
-from .reference import ReferenceVocabulary
-from .scores import cosine, label_probabilities, softmax
+from .reference import shared_vocabulary
+from .scores import cosine, label_probabilities, sigmoid, softmax
 
 NONE_THRESHOLD = 0.5  # at or above this, "none of these" is the answer shown
+# --multi-label on CLIP: a label this many logits below the best one is as likely present as not.
+MULTI_LABEL_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -123,13 +125,16 @@ class Classifier:
         self.detector = self.calibration.detector if self.calibration else FitDetector()
         self.temperature = self.calibration.temperature if explicit else 1.0
         reference = self.calibration.reference if self.calibration else imagenet_classes()
-        self.reference = ReferenceVocabulary(reference)
+        self.reference = shared_vocabulary(tuple(reference))
         warn_unreadable(self.encoder, self.labels)
         self.text_vectors = label_embeddings(self.encoder, self.labels, self.templates)
 
-    def _probabilities(self, sims: np.ndarray, fit: np.ndarray) -> np.ndarray:
-        if self.encoder.score_kind == "softmax" and (self.multi_label or len(self.labels) == 1):
-            return fit  # independent per label: does this label fit at all?
+    def _probabilities(self, sims: np.ndarray, logits: np.ndarray, fit: np.ndarray) -> np.ndarray:
+        if self.encoder.score_kind == "softmax":
+            if len(self.labels) == 1:
+                return fit  # does this label fit at all?
+            if self.multi_label:  # independent per label: is it about as good as the best one?
+                return sigmoid(MULTI_LABEL_MARGIN - (logits.max(axis=1, keepdims=True) - logits))
         return label_probabilities(sims, self.encoder, self.temperature)
 
     def score_vectors(self, image_vectors: np.ndarray, names: Sequence[str]) -> list[Classification]:
@@ -139,7 +144,7 @@ class Classifier:
         reference_best, looks_like = self.reference.best(self.encoder, image_vectors)
         reference_logits = reference_best.astype(np.float64) * self.encoder.logit_scale
         fit = self.detector.probability(logits, reference_logits)
-        probs = self._probabilities(sims, fit)
+        probs = self._probabilities(sims, logits, fit)
         none = 1.0 - fit.max(axis=1)
         conformal = softmax(logits / self.temperature) if self.quantile is not None else None
         results = []

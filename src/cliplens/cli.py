@@ -252,14 +252,14 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
     encoder = cliplens.load_model(model, device=device)
     with progress("embedding") as bar:
         task = bar.add_task("embedding", total=None, rate="")
-        run_ = cliplens.calibrate(dataset, encoder, template=template, templates=templates, batch_size=batch_size,
+        fitted = cliplens.calibrate(dataset, encoder, template=template, templates=templates, batch_size=batch_size,
                                   workers=workers, on_progress=_rate_updater(bar, task, "img"))
-    for error in run_.errors:
+    for error in fitted.errors:
         err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
-    path = run_.calibration.save(out_file)
-    report = run_.calibration.report
+    path = fitted.calibration.save(out_file)
+    report = fitted.calibration.report
     if as_json:
-        _emit_json({"out": str(path), "model": encoder.name, "skipped": len(run_.errors), **report})
+        _emit_json({"out": str(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
     else:
         none, q90 = report["none_of_these"], report["conformal"]["0.9"]
         err.print(f"calibrated {encoder.name} on {report['images']} images of {report['classes']} classes "
@@ -270,7 +270,7 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
                   f"{none['flagged_out_of_domain']:.1%} when it is not\n"
                   f"90% conformal sets: threshold {q90['quantile']:.4f}, mean size {q90['mean_set_size']:.2f}\n"
                   f"→ {path}", highlight=False)
-    if run_.errors:
+    if fitted.errors:
         raise typer.Exit(1)
 
 

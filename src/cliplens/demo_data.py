@@ -132,11 +132,11 @@ def training_caption(scene: ShapeScene, rng: random.Random, colourless: float = 
         )
     if scene.shape2:
         form = rng.random()
-        if form < 0.3:  # like real captions, some mention only part of the image
+        if form < 0.5:  # like real captions, some mention only part of the image
             first, second = replace(scene, shape2="", colour2=""), replace(scene, shape=scene.shape2, colour=scene.colour2, shape2="", colour2="")
             part = rng.choice((first, second))
             text = part.caption(with_size=rng.random() < 0.5, with_background=rng.random() < 0.5)
-        elif form < 0.65:
+        elif form < 0.75:
             text = scene.caption(with_size=rng.random() < 0.5, with_background=rng.random() < 0.5, swap=True)
     if colourless > 0 and rng.random() < colourless:  # no draw at 0, so older seeds stay as they were
         text = scene.caption(with_count=rng.random() < 0.6, with_size=rng.random() < 0.5,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -55,13 +57,12 @@ class ReferenceVocabulary:
     def __init__(self, labels: Sequence[str], template: str = DEFAULT_TEMPLATE):
         self.labels = list(dict.fromkeys(labels))
         self.template = template
-        self._for_model: dict[int, tuple[list[str], np.ndarray]] = {}
+        self._for_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> (labels, vectors)
 
     def for_model(self, encoder: Encoder) -> tuple[list[str], np.ndarray]:
         """The reference labels this model can read and their normalised embeddings."""
-        key = id(encoder)
-        if key in self._for_model:
-            return self._for_model[key]
+        if encoder in self._for_model:
+            return self._for_model[encoder]
         prompts = [self.template.replace("{}", label) for label in self.labels]
         keep = encoder.readable(prompts)
         if not any(keep):  # a tokenizer that reads none of them: better all than nothing
@@ -87,7 +88,7 @@ class ReferenceVocabulary:
                 tmp.replace(path)
             except OSError:
                 pass  # a read-only cache only costs time
-        self._for_model[key] = (labels, vectors)
+        self._for_model[encoder] = (labels, vectors)
         return labels, vectors
 
     def best(self, encoder: Encoder, image_vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -96,3 +97,9 @@ class ReferenceVocabulary:
         sims = np.asarray(image_vectors, np.float32) @ vectors.T
         index = sims.argmax(axis=1)
         return sims[np.arange(len(index)), index], [labels[i] for i in index]
+
+
+@lru_cache(maxsize=8)
+def shared_vocabulary(labels: tuple[str, ...]) -> ReferenceVocabulary:
+    """One vocabulary object per label list, so classifiers made one after another reuse its embeddings."""
+    return ReferenceVocabulary(labels)
