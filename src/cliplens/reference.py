@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import weakref
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .models import Encoder
+from .models import Encoder, TextTruncatedWarning
 from .prompts import DEFAULT_TEMPLATE, label_embeddings
 
 
@@ -79,7 +80,9 @@ class ReferenceVocabulary:
             if vectors is not None and vectors.shape != (len(prompts), encoder.embed_dim):
                 vectors = None
         if vectors is None:
-            vectors = label_embeddings(encoder, labels, [self.template])
+            with warnings.catch_warnings():  # a truncated reference caption is not the user's concern
+                warnings.simplefilter("ignore", TextTruncatedWarning)
+                vectors = label_embeddings(encoder, labels, [self.template])
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
