@@ -169,18 +169,20 @@ def fit_detector(label_logits: np.ndarray, reference_logits: np.ndarray, fits: n
 
 def _offered_sets(logits: np.ndarray, truth: np.ndarray, rng: np.random.Generator,
                   max_labels: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """The best logit of each image among a few offered labels, with and without its true class.
+    """The best offered class of each image among a few offered labels, with and without its true class.
 
     Each image is offered 2–10 random classes (as people offer a handful of candidate labels) once
     with its true class among them (a label fits) and once without (none fits).
     """
     n, k = logits.shape
-    best_in, best_out = np.empty(n), np.empty(n)
+    best_in, best_out = np.empty(n, dtype=int), np.empty(n, dtype=int)
     for i in range(n):
         others = np.delete(np.arange(k), truth[i])
         size = int(rng.integers(min(2, len(others)), min(max_labels, len(others)) + 1))
-        best_in[i] = max(logits[i, truth[i]], logits[i, rng.choice(others, size - 1, replace=False)].max(initial=-np.inf))
-        best_out[i] = logits[i, rng.choice(others, size, replace=False)].max()
+        offered = np.r_[truth[i], rng.choice(others, size - 1, replace=False)]
+        best_in[i] = offered[logits[i, offered].argmax()]
+        offered = rng.choice(others, size, replace=False)
+        best_out[i] = offered[logits[i, offered].argmax()]
     return best_in, best_out
 
 
@@ -199,12 +201,14 @@ def fit_calibration(image_vectors: np.ndarray, truth: Sequence[int], class_vecto
     temperature = fit_temperature(logits, truth)
     after = softmax(logits / temperature)
 
-    best_in, best_out = _offered_sets(logits, truth, np.random.default_rng(seed))
-    reference_logits = logit_scale * np.asarray(reference_best, np.float64)
-    detector = fit_detector(np.concatenate([best_in, best_out]), np.concatenate([reference_logits] * 2),
+    reference_logits = logit_scale * np.broadcast_to(np.asarray(reference_best, np.float64).reshape(len(truth), -1),
+                                                     logits.shape)
+    picks = _offered_sets(logits, truth, np.random.default_rng(seed))
+    (l_in, r_in), (l_out, r_out) = ((logits[rows, p], reference_logits[rows, p]) for p in picks)
+    detector = fit_detector(np.concatenate([l_in, l_out]), np.concatenate([r_in, r_out]),
                             np.concatenate([np.ones(len(truth)), np.zeros(len(truth))]))
-    none_in = 1 - detector.probability(best_in, reference_logits)
-    none_out = 1 - detector.probability(best_out, reference_logits)
+    none_in = 1 - detector.probability(l_in, r_in)
+    none_out = 1 - detector.probability(l_out, r_out)
 
     scores = np.sort(1.0 - after[rows, truth]).tolist()
     calibration = Calibration(model=model, templates=templates, classes=list(classes), reference=list(reference),
@@ -252,7 +256,7 @@ def calibrate(dataset: str | Path, model=None, *, template: str | None = None, t
     label_of = dict(zip((str(p) for p in data.paths), data.labels))
     truth = [data.classes.index(label_of[name]) for name in embedded.sources]
     vocabulary = shared_vocabulary(tuple(dict.fromkeys([*imagenet_classes(), *data.classes])))
-    reference_best, _ = vocabulary.best(encoder, embedded.vectors)
+    reference_best, _ = vocabulary.best_for_labels(encoder, embedded.vectors, data.classes)
     calibration = fit_calibration(embedded.vectors, truth, class_vectors, reference_best, encoder.logit_scale,
                                   model=encoder.name, templates=prompt_templates, classes=data.classes,
                                   reference=vocabulary.labels)

@@ -141,7 +141,7 @@ class Classifier:
         """Classifications of already-embedded images (rows of L2-normalised vectors)."""
         sims = cosine(image_vectors, self.text_vectors)
         logits = sims.astype(np.float64) * self.encoder.logit_scale
-        reference_best, looks_like = self.reference.best(self.encoder, image_vectors)
+        reference_best, looks_like = self.reference.best_for_labels(self.encoder, image_vectors, self.labels)
         reference_logits = reference_best.astype(np.float64) * self.encoder.logit_scale
         fit = self.detector.probability(logits, reference_logits)
         probs = self._probabilities(sims, logits, fit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 import weakref
 from functools import lru_cache
@@ -100,6 +101,30 @@ class ReferenceVocabulary:
         sims = np.asarray(image_vectors, np.float32) @ vectors.T
         index = sims.argmax(axis=1)
         return sims[np.arange(len(index)), index], [labels[i] for i in index]
+
+    def best_for_labels(self, encoder: Encoder, image_vectors: np.ndarray, labels: Sequence[str]
+                        ) -> tuple[np.ndarray, list[str]]:
+        """Per image and label (N, K): the highest cosine over the reference captions the label does not
+        subsume, and each image's best reference label overall.
+
+        A reference caption holding every word of a label ("red circle", "tabby cat") is a more specific
+        form of it ("circle", "cat"), so it says nothing against that label and is left out for it.
+        """
+        names, vectors = self.for_model(encoder)
+        sims = np.asarray(image_vectors, np.float32) @ vectors.T
+        overall = sims.max(axis=1)
+        best = np.repeat(overall[:, None], len(labels), axis=1)
+        reference_words = [_words(name) for name in names]
+        for k, label in enumerate(labels):
+            words = _words(label)
+            keep = np.array([not words <= ref for ref in reference_words])
+            if not keep.all():
+                best[:, k] = sims[:, keep].max(axis=1) if keep.any() else -1.0
+        return best, [names[i] for i in sims.argmax(axis=1)]
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 @lru_cache(maxsize=8)
