@@ -256,7 +256,8 @@ def calibrate(dataset: str | Path, model=None, *, template: str | None = None, t
     label_of = dict(zip((str(p) for p in data.paths), data.labels))
     truth = [data.classes.index(label_of[name]) for name in embedded.sources]
     vocabulary = shared_vocabulary(tuple(dict.fromkeys([*imagenet_classes(), *data.classes])))
-    reference_best, _ = vocabulary.best_for_labels(encoder, embedded.vectors, data.classes)
+    reference_best, _ = vocabulary.best_for_labels(encoder, embedded.vectors,
+                                                   vocabulary.kept_for(encoder, data.classes))
     calibration = fit_calibration(embedded.vectors, truth, class_vectors, reference_best, encoder.logit_scale,
                                   model=encoder.name, templates=prompt_templates, classes=data.classes,
                                   reference=vocabulary.labels)

@@ -126,6 +126,7 @@ class Classifier:
         self.temperature = self.calibration.temperature if explicit else 1.0
         reference = self.calibration.reference if self.calibration else imagenet_classes()
         self.reference = shared_vocabulary(tuple(reference))
+        self.reference_kept = self.reference.kept_for(self.encoder, self.labels)
         warn_unreadable(self.encoder, self.labels)
         self.text_vectors = label_embeddings(self.encoder, self.labels, self.templates)
 
@@ -141,7 +142,8 @@ class Classifier:
         """Classifications of already-embedded images (rows of L2-normalised vectors)."""
         sims = cosine(image_vectors, self.text_vectors)
         logits = sims.astype(np.float64) * self.encoder.logit_scale
-        reference_best, looks_like = self.reference.best_for_labels(self.encoder, image_vectors, self.labels)
+        reference_best, looks_like = self.reference.best_for_labels(self.encoder, image_vectors,
+                                                                      self.reference_kept)
         reference_logits = reference_best.astype(np.float64) * self.encoder.logit_scale
         fit = self.detector.probability(logits, reference_logits)
         probs = self._probabilities(sims, logits, fit)

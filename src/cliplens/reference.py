@@ -95,31 +95,26 @@ class ReferenceVocabulary:
         self._for_model[encoder] = (labels, vectors)
         return labels, vectors
 
-    def best(self, encoder: Encoder, image_vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Each image's highest cosine over the vocabulary, and the reference label that scored it."""
-        labels, vectors = self.for_model(encoder)
-        sims = np.asarray(image_vectors, np.float32) @ vectors.T
-        index = sims.argmax(axis=1)
-        return sims[np.arange(len(index)), index], [labels[i] for i in index]
-
-    def best_for_labels(self, encoder: Encoder, image_vectors: np.ndarray, labels: Sequence[str]
-                        ) -> tuple[np.ndarray, list[str]]:
-        """Per image and label (N, K): the highest cosine over the reference captions the label does not
-        subsume, and each image's best reference label overall.
+    def kept_for(self, encoder: Encoder, labels: Sequence[str]) -> np.ndarray:
+        """Which reference captions judge each label (K, M): all but those holding every word of it.
 
         A reference caption holding every word of a label ("red circle", "tabby cat") is a more specific
         form of it ("circle", "cat"), so it says nothing against that label and is left out for it.
+        Compute this once per label set; :meth:`best_for_labels` takes it for every batch.
         """
+        names, _ = self.for_model(encoder)
+        reference_words = [_words(name) for name in names]
+        return np.array([[not _words(label) <= ref for ref in reference_words] for label in labels], dtype=bool)
+
+    def best_for_labels(self, encoder: Encoder, image_vectors: np.ndarray, kept: np.ndarray
+                        ) -> tuple[np.ndarray, list[str]]:
+        """Per image and label (N, K): the highest cosine over the reference captions ``kept`` for that label
+        (from :meth:`kept_for`), and each image's best reference label overall."""
         names, vectors = self.for_model(encoder)
         sims = np.asarray(image_vectors, np.float32) @ vectors.T
-        overall = sims.max(axis=1)
-        best = np.repeat(overall[:, None], len(labels), axis=1)
-        reference_words = [_words(name) for name in names]
-        for k, label in enumerate(labels):
-            words = _words(label)
-            keep = np.array([not words <= ref for ref in reference_words])
-            if not keep.all():
-                best[:, k] = sims[:, keep].max(axis=1) if keep.any() else -1.0
+        best = np.repeat(sims.max(axis=1)[:, None], len(kept), axis=1)
+        for k in np.flatnonzero(~kept.all(axis=1)):
+            best[:, k] = sims[:, kept[k]].max(axis=1) if kept[k].any() else -1.0
         return best, [names[i] for i in sims.argmax(axis=1)]
 
 
