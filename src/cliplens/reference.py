@@ -20,25 +20,16 @@ from typing import Sequence
 
 import numpy as np
 
+from .cache import cache_dir
 from .models import Encoder, TextTruncatedWarning
 from .prompts import DEFAULT_TEMPLATE, label_embeddings
-
-
-def cache_dir() -> Path:
-    """Where cliplens keeps derived data (reference embeddings); ``CLIPLENS_CACHE_DIR`` overrides it."""
-    env = os.environ.get("CLIPLENS_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("cliplens"))
 
 
 def _fingerprint(encoder: Encoder, texts: Sequence[str]) -> str:
     """A key that changes when the model's weights or the texts change."""
     h = hashlib.sha256()
     info = encoder.info
-    h.update(f"{info.name}\0{info.path}\0{info.family}\0{info.embed_dim}\0".encode())
+    h.update(f"{info.name}\0{info.path}\0{info.family}\0{info.embed_dim}\0{info.backend}\0{info.precision}\0".encode())
     folder = Path(info.path)
     if folder.is_dir():
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
@@ -28,7 +29,20 @@ class ModelInfo:
     logit_scale: float
     logit_bias: float | None
     device: str
-    backend: str
+    backend: str  # "torch" or "onnx"
+    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
+
+
+class TextTruncatedWarning(UserWarning):
+    """Some texts were longer than the model's context and were cut."""
+
+
+def warn_truncated(cut: Sequence[str], context_length: int) -> None:
+    """One warning for the texts that were cut to the model's context, naming an example."""
+    if cut:
+        example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
+        warnings.warn(f"{len(cut)} text(s) longer than the model's {context_length} tokens were truncated, "
+                      f"e.g. {example!r}", TextTruncatedWarning, stacklevel=4)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

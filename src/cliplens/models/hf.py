@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import ModelLoadError, UsageError
-from .base import Encoder, ModelInfo, empty_vectors, l2_normalize
+from .base import Encoder, ModelInfo, TextTruncatedWarning, empty_vectors, l2_normalize, warn_truncated
 from .preprocess import ImagePreprocessor
 
 SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}
-
-
-class TextTruncatedWarning(UserWarning):
-    """Some texts were longer than the model's context and were cut."""
 
 
 def pick_device(device: str | None) -> str:
@@ -41,7 +36,11 @@ def _features(output):
 class TransformersEncoder(Encoder):
     """An Encoder over a transformers ``CLIPModel``/``SiglipModel``/``Siglip2Model`` in a local folder."""
 
-    def __init__(self, path: str | Path, name: str | None = None, device: str | None = None):
+    #: Precisions this backend runs, and the torch dtype of each.
+    PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+    def __init__(self, path: str | Path, name: str | None = None, device: str | None = None,
+                 precision: str = "fp32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -53,11 +52,23 @@ class TransformersEncoder(Encoder):
         if model_type not in SUPPORTED_TYPES:
             raise ModelLoadError(f"{name or path}: model type {model_type!r} is not a CLIP, SigLIP or SigLIP 2 model")
         self.device = pick_device(device)
+        if precision not in self.PRECISIONS:
+            hint = " (int8 runs on ONNX Runtime: --backend onnx)" if precision == "int8" else ""
+            raise UsageError(f"--precision {precision}: the torch backend runs {', '.join(self.PRECISIONS)}{hint}")
+        if precision == "fp16" and self.device == "cpu":
+            raise UsageError("--precision fp16 is for GPUs; on a CPU use bf16, or --backend onnx --precision int8")
+        self.precision = precision
+        self.dtype = getattr(torch, self.PRECISIONS[precision])
         try:
             self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{name or path}: cannot load ({str(exc).splitlines()[0]})") from None
+        scale = float(self.model.logit_scale.detach().exp())  # read in fp32, before any cast
+        bias = getattr(self.model, "logit_bias", None)
+        bias = float(bias.detach()) if bias is not None else None
+        if self.dtype != torch.float32:
+            self.model = self.model.to(self.dtype)
         self.family = SUPPORTED_TYPES[model_type]
         config = self.model.config
         self.context_length = int(getattr(config.text_config, "max_position_embeddings", 77))
@@ -68,7 +79,6 @@ class TransformersEncoder(Encoder):
             self._naflex = Siglip2ImageProcessorPil.from_pretrained(path)
         self.preprocessor = ImagePreprocessor.from_pretrained(path)
         sigmoid = self.family in ("siglip", "siglip2")
-        bias = getattr(self.model, "logit_bias", None)
         self.info = ModelInfo(
             name=name or str(path),
             path=str(path),
@@ -76,10 +86,11 @@ class TransformersEncoder(Encoder):
             embed_dim=int(getattr(config, "projection_dim", None) or config.text_config.hidden_size),
             context_length=self.context_length,
             score_kind="sigmoid" if sigmoid else "softmax",
-            logit_scale=float(self.model.logit_scale.detach().exp()),
-            logit_bias=float(bias.detach()) if bias is not None else None,
+            logit_scale=scale,
+            logit_bias=bias,
             device=self.device,
             backend="torch",
+            precision=precision,
         )
 
     @property
@@ -109,9 +120,16 @@ class TransformersEncoder(Encoder):
     def _run_image(self, inputs: dict) -> np.ndarray:
         import torch
 
-        tensors = {k: torch.as_tensor(np.asarray(v)).to(self.device) for k, v in inputs.items()}
+        tensors = {k: self._to_device(torch.as_tensor(np.asarray(v))) for k, v in inputs.items()}
+        tensors = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         with torch.inference_mode():
             return _features(self.model.get_image_features(**tensors)).float().cpu().numpy()
+
+    def _to_device(self, tensor):
+        """Host → device; on a GPU through pinned memory, so the copy overlaps with the model's work."""
+        if self.device.startswith("cuda"):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def readable(self, texts: Sequence[str]) -> list[bool]:
         """Whether the tokenizer knows every word of each text (no unknown token)."""
@@ -123,11 +141,7 @@ class TransformersEncoder(Encoder):
     def tokenize(self, texts: Sequence[str]):
         """Token ids and mask as the model was trained (SigLIP pads to its full context)."""
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
-        cut = [text for text, n in zip(texts, lengths) if n > self.context_length]
-        if cut:
-            example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
-            warnings.warn(f"{len(cut)} text(s) longer than the model's {self.context_length} tokens were truncated, "
-                          f"e.g. {example!r}", TextTruncatedWarning, stacklevel=3)
+        warn_truncated([text for text, n in zip(texts, lengths) if n > self.context_length], self.context_length)
         padding = "max_length" if self.family in ("siglip", "siglip2") else True
         return self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.context_length,
                               return_tensors="pt")

@@ -1,0 +1,141 @@
+"""Whether a faster runtime or precision gives the same answers as the model it came from.
+
+Two checks, with the same thresholds:
+
+- fp32 ONNX against torch: every embedding within cosine 0.9999, token ids identical.
+- int8 ONNX against fp32: mean cosine ≥ 0.99 per tower, zero-shot top-1 agreement ≥ 99%.
+
+:func:`probe_parity` runs a quick form when an export is made (a few dozen generated images),
+:func:`check_parity` the full one behind ``cliplens bench parity`` (500 held-out images). Both
+record their verdict in the export's ``parity.json``; ``--backend auto`` only uses a precision
+whose latest verdict passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+FP32_MIN_COSINE = 0.9999
+INT8_MEAN_COSINE = 0.99
+INT8_TOP1_AGREEMENT = 0.99
+PARITY_FILE = "parity.json"
+PROBE_IMAGES = 32
+
+
+@dataclass
+class ParityResult:
+    """One precision compared with its reference on the same images and labels."""
+
+    precision: str  # the precision checked: "fp32" (ONNX against torch) or "int8" (against ONNX fp32)
+    reference: str  # what it was compared with
+    passed: bool
+    images: int
+    labels: int
+    image_cosine_mean: float
+    image_cosine_min: float
+    text_cosine_mean: float
+    text_cosine_min: float
+    top1_agreement: float
+    source: str  # "export probe" or "bench parity"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def compare(candidate, reference, images: Sequence, labels: Sequence[str], *, precision: str, source: str,
+            reference_name: str) -> ParityResult:
+    """Embed the same images and label prompts with both encoders and judge ``candidate`` against ``reference``."""
+    from .prompts import DEFAULT_TEMPLATE, prompts_for
+
+    texts = prompts_for(labels, [DEFAULT_TEMPLATE])
+    pixels = [reference.prepare(im) for im in images]
+    ref_img, cand_img = reference.encode_prepared(pixels), candidate.encode_prepared(pixels)
+    ref_txt, cand_txt = reference.encode_texts(texts), candidate.encode_texts(texts)
+    image_cos, text_cos = _rowwise_cosine(cand_img, ref_img), _rowwise_cosine(cand_txt, ref_txt)
+    agreement = float(np.mean(np.argmax(cand_img @ cand_txt.T, 1) == np.argmax(ref_img @ ref_txt.T, 1)))
+    if precision == "int8":
+        passed = bool(image_cos.mean() >= INT8_MEAN_COSINE and text_cos.mean() >= INT8_MEAN_COSINE
+                      and agreement >= INT8_TOP1_AGREEMENT)
+    else:
+        passed = bool(min(image_cos.min(), text_cos.min()) >= FP32_MIN_COSINE)
+    return ParityResult(precision, reference_name, passed, len(images), len(labels), float(image_cos.mean()),
+                        float(image_cos.min()), float(text_cos.mean()), float(text_cos.min()), agreement, source)
+
+
+def read_parity(folder: Path) -> dict[str, dict]:
+    """The verdicts recorded for an export, by precision ({} when none)."""
+    try:
+        return json.loads((Path(folder) / PARITY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def parity_passed(folder: Path, precision: str) -> bool:
+    """Whether the latest parity check of ``precision`` in this export passed."""
+    return bool(read_parity(folder).get(precision, {}).get("passed", False))
+
+
+def record(folder: Path, result: ParityResult) -> None:
+    """Keep ``result`` as the verdict for its precision (atomically, beside the export)."""
+    verdicts = read_parity(folder)
+    verdicts[result.precision] = result.to_dict()
+    tmp = Path(folder) / f"{PARITY_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(verdicts, indent=2) + "\n")
+    tmp.replace(Path(folder) / PARITY_FILE)
+
+
+def probe_set(image_size: int, n: int = PROBE_IMAGES, seed: int = 97) -> tuple[list, list[str]]:
+    """Generated scenes at the model's resolution and labels that cover them and everyday classes."""
+    from .demo_data import DEMO_LABELS, generate
+    from .prompts import imagenet_classes
+
+    images = [sample.image for sample in generate(n, seed=seed, size=image_size, mixed=0.3)]
+    return images, list(DEMO_LABELS) + list(imagenet_classes()[::25])
+
+
+def probe_parity(folder: Path, precision: str, *, torch_encoder=None) -> ParityResult:
+    """The quick check made when an export is created; fp32 needs the torch encoder it came from."""
+    from .models.onnx import OnnxEncoder
+
+    candidate = OnnxEncoder(folder, name="probe", precision=precision)
+    if precision == "fp32":
+        if torch_encoder is None:
+            raise UsageError("the fp32 probe compares with torch and needs the torch encoder")
+        reference, reference_name = torch_encoder, "torch fp32"
+        _check_tokens(candidate, torch_encoder)
+    else:
+        reference, reference_name = OnnxEncoder(folder, name="probe", precision="fp32"), "onnx fp32"
+    images, labels = probe_set(candidate.preprocessor.output_size[0])
+    result = compare(candidate, reference, images, labels, precision=precision, source="export probe",
+                     reference_name=reference_name)
+    record(folder, result)
+    return result
+
+
+def _check_tokens(onnx_encoder, torch_encoder) -> None:
+    """The exported tokenizer must give exactly the ids transformers gives (long texts included)."""
+    import warnings
+
+    from .errors import ModelLoadError
+    from .prompts import imagenet_classes
+
+    texts = ["a photo of a dog.", "A Red CIRCLE!", "naïve café, 2 cats", "x" * 400, " ".join(imagenet_classes()[:60])]
+    with warnings.catch_warnings():  # the long texts are truncated on purpose
+        warnings.simplefilter("ignore")
+        ids, _ = onnx_encoder.token_ids(texts)
+        expected = torch_encoder.tokenize(texts)["input_ids"].numpy()
+    if ids.shape != expected.shape or not np.array_equal(ids, expected):
+        raise ModelLoadError(f"{torch_encoder.name}: the exported tokenizer does not reproduce the model's "
+                             "token ids; use --backend torch")
