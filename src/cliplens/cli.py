@@ -37,6 +37,10 @@ ModelOpt = typer.Option(None, "--model", "-m", envvar="CLIPLENS_MODEL",
                         help="Hub id, local folder or alias (demo). Default: openai/clip-vit-base-patch32.")
 DeviceOpt = typer.Option(None, "--device", envvar="CLIPLENS_DEVICE", help="cpu, cuda, cuda:1, mps. Default: CUDA if present.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+BackendOpt = typer.Option(None, "--backend", envvar="CLIPLENS_BACKEND",
+                          help="torch, onnx or auto (default: ONNX Runtime on a CPU, torch on a GPU).")
+PrecisionOpt = typer.Option(None, "--precision", envvar="CLIPLENS_PRECISION",
+                            help="fp32, bf16, fp16, int8 or auto (default: int8 on ONNX when it passed parity, fp16 on GPU).")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
@@ -72,11 +76,40 @@ def command(fn):
 
 
 def _quiet_transformers() -> None:
-    """transformers' own loading bars and notices would clutter stderr; our messages say what matters."""
-    from transformers.utils import logging as hf_logging
+    """transformers' own loading bars and notices would clutter stderr; our messages say what matters.
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    Done without importing transformers, which commands on the ONNX backend never need.
+    """
+    import os
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    disable_progress_bars()  # transformers reads this when it is imported
+
+
+def _load_model(model: Optional[str], device: Optional[str], backend: Optional[str] = None,
+                precision: Optional[str] = None):
+    """Load a model, showing the steps of a first ONNX export (which is cached for later runs)."""
+    status = None
+
+    def on_status(message: str) -> None:
+        nonlocal status
+        if status is None:
+            status = err.status(message)
+            status.start()
+        else:
+            status.update(message)
+
+    try:
+        encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, on_status=on_status)
+    finally:
+        if status is not None:
+            status.stop()
+    if status is not None:
+        err.print(f"exported {encoder.name} to ONNX ({encoder.info.precision}); later runs reuse the export",
+                  highlight=False)
+    return encoder
 
 
 @contextmanager
@@ -135,11 +168,14 @@ def models_list(as_json: bool = JsonOpt) -> None:
 @command
 def models_pull(name: str = typer.Argument(..., help="Hub id or alias.")) -> None:
     """Download a model into the Hugging Face cache so it works offline later."""
+    from huggingface_hub.utils import enable_progress_bars
+
     from cliplens.models.registry import ALIASES, download
 
     target = ALIASES.get(name, name)
+    enable_progress_bars()  # a download is long: show its bars
     path = Path(target) if Path(target).is_dir() else download(target)
-    cliplens.load_model(str(path), device="cpu", cache=False)  # proves it loads
+    cliplens.load_model(str(path), device="cpu", backend="torch", cache=False)  # proves it loads
     print(path)
 
 
@@ -166,7 +202,8 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
              fmt: Optional[str] = typer.Option(None, "--format", help="Many images: print csv or jsonl on stdout."),
              batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
              workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
-             model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+             model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+             precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
     """Zero-shot classification: how well each label matches, and whether none of them does."""
     from cliplens.prompts import read_labels_file
 
@@ -176,7 +213,7 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
     if not label_list:
         raise UsageError("give labels after the image, or --labels-file FILE")
     many = Path(image).is_dir() or glob.has_magic(image) or output is not None or fmt is not None
-    encoder = cliplens.load_model(model, device=device)
+    encoder = _load_model(model, device, backend, precision)
     classifier = cliplens.Classifier(label_list, encoder, template=template, templates=templates,
                                      multi_label=multi_label, calibration=calibration, coverage=coverage)
     if many:
@@ -247,9 +284,11 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
               templates: Optional[str] = typer.Option(None, "--templates", help="Prompt ensemble (as for classify)."),
               batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
               workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
-              model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+              model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+              backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
+              as_json: bool = JsonOpt) -> None:
     """Fit temperature, the none-of-these detector and conformal scores for a model on labelled images."""
-    encoder = cliplens.load_model(model, device=device)
+    encoder = _load_model(model, device, backend, precision)
     with progress("embedding") as bar:
         task = bar.add_task("embedding", total=None, rate="")
         fitted = cliplens.calibrate(dataset, encoder, template=template, templates=templates, batch_size=batch_size,
@@ -287,7 +326,8 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
           workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads."),
           exclude: List[str] = typer.Option(None, "--exclude", help="Glob of paths to leave out (repeatable)."),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace embeddings already in --out."),
-          model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+          model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+          precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
     """Embed images or texts into DIR/img_emb/*.npy (or text_emb/) with metadata/*.parquet."""
     if dtype not in ("float32", "float16"):
         raise UsageError(f"--dtype {dtype}: use float32 or float16")
@@ -301,7 +341,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
     sources = cliplens.expand_paths(paths, exclude=exclude or ()) if paths else []
     if paths and not sources:
         raise UsageError("no images found in " + ", ".join(paths))
-    encoder = cliplens.load_model(model, device=device)
+    encoder = _load_model(model, device, backend, precision)
     if texts:
         vectors = cliplens.embed_texts(texts, encoder)
         files = cliplens.write_text_embeddings(texts, vectors, out_dir, model=encoder.name, dtype=dtype,

@@ -223,7 +223,8 @@ def _export_tower(encoder, tower: str, folder: Path) -> None:
 
 
 def _quantize_int8(folder: Path, status: StatusFn) -> None:
-    """Dynamic int8 quantisation of both towers' weights (activations quantised at run time)."""
+    """Dynamic int8 quantisation of both towers' weights, per output channel (activations quantised at run
+    time); per-channel scales kept top-1 agreement higher than per-tensor ones at the same speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for tower in TOWERS:
@@ -231,5 +232,5 @@ def _quantize_int8(folder: Path, status: StatusFn) -> None:
         target = tower_file(folder, tower, "int8")
         tmp = target.with_name(target.name + ".partial")
         with quiet_logs():
-            quantize_dynamic(tower_file(folder, tower, "fp32"), tmp, weight_type=QuantType.QInt8)
+            quantize_dynamic(tower_file(folder, tower, "fp32"), tmp, weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(target)
