@@ -10,11 +10,23 @@ import pytest
 WORDS = "a photo of the red green blue cat dog circle square on background small large two three".split()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cliplens_cache(tmp_path_factory):
+    """One cliplens cache (ONNX exports, reference embeddings) per test session, set before any session
+    fixture loads a model. Models run in torch unless a test asks for another backend: tests of the
+    ONNX backend and of ``auto`` say so explicitly."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cliplens-cache"))
+        patch.setenv("CLIPLENS_BACKEND", "torch")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.delenv("CLIPLENS_PRECISION", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_hub(tmp_path_factory, monkeypatch):
-    """No test reads the user's Hugging Face or cliplens caches or reaches the network."""
+    """No test reads the user's Hugging Face cache or reaches the network."""
     home = tmp_path_factory.mktemp("hf_home")
-    monkeypatch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cliplens-cache"))
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -87,4 +99,4 @@ def demo_model():
     cache, so a test of release_models cannot close it under the others)."""
     from cliplens import load_model
 
-    return load_model("demo", device="cpu", cache=False)
+    return load_model("demo", device="cpu", backend="torch", precision="fp32", cache=False)

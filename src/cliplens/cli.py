@@ -6,143 +6,31 @@ inputs failed and were reported), 2 usage or fatal error.
 
 from __future__ import annotations
 
-import functools
 import glob
-import json
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
 import cliplens
-from cliplens.errors import CliplensError, UsageError
+from cliplens.cli_bench import bench_app
+from cliplens.cli_common import (BackendOpt, DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, command, emit_json, err,
+                                 load_model_with_status, out, progress, rate_updater, state)
+from cliplens.errors import UsageError
 
 app = typer.Typer(help="CLIP-family image–text models: classify, embed, train and more.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="List, download and locate models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-_state = {"debug": False}
-
-ModelOpt = typer.Option(None, "--model", "-m", envvar="CLIPLENS_MODEL",
-                        help="Hub id, local folder or alias (demo). Default: openai/clip-vit-base-patch32.")
-DeviceOpt = typer.Option(None, "--device", envvar="CLIPLENS_DEVICE", help="cpu, cuda, cuda:1, mps. Default: CUDA if present.")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-BackendOpt = typer.Option(None, "--backend", envvar="CLIPLENS_BACKEND",
-                          help="torch, onnx or auto (default: ONNX Runtime on a CPU, torch on a GPU).")
-PrecisionOpt = typer.Option(None, "--precision", envvar="CLIPLENS_PRECISION",
-                            help="fp32, bf16, fp16, int8 or auto (default: int8 on ONNX when it passed parity, fp16 on GPU).")
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
-
-
-def command(fn):
-    """Run a command with typed errors turned into one-line messages and exit codes."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        warnings.showwarning = _one_line_warning
-        _quiet_transformers()
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except CliplensError as exc:
-            if _state["debug"]:
-                raise
-            err.print(f"[red]error:[/] {exc.message}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/]")
-            raise typer.Exit(130) from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks without --debug
-            if _state["debug"]:
-                raise
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {text} (run with --debug for details)",
-                      highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper
-
-
-def _quiet_transformers() -> None:
-    """transformers' own loading bars and notices would clutter stderr; our messages say what matters.
-
-    Done without importing transformers, which commands on the ONNX backend never need.
-    """
-    import os
-
-    from huggingface_hub.utils import disable_progress_bars
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    disable_progress_bars()  # transformers reads this when it is imported
-
-
-def _load_model(model: Optional[str], device: Optional[str], backend: Optional[str] = None,
-                precision: Optional[str] = None):
-    """Load a model, showing the steps of a first ONNX export (which is cached for later runs)."""
-    status = None
-
-    def on_status(message: str) -> None:
-        nonlocal status
-        if status is None:
-            status = err.status(message)
-            status.start()
-        else:
-            status.update(message)
-
-    try:
-        encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, on_status=on_status)
-    finally:
-        if status is not None:
-            status.stop()
-    if status is not None:
-        err.print(f"exported {encoder.name} to ONNX ({encoder.info.precision}); later runs reuse the export",
-                  highlight=False)
-    return encoder
-
-
-@contextmanager
-def progress(description: str, unit: str = "images") -> Iterator[Progress]:
-    """A progress bar on stderr with count, rate and ETA."""
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   console=err, transient=False)
-    with bar:
-        yield bar
-
-
-def _rate_updater(bar: Progress, task, unit: str):
-    def update(done: int, total: int, **fields) -> None:
-        speed = bar.tasks[task].speed
-        rate = f"{speed:.1f} {unit}/s" if speed else ""
-        bar.update(task, completed=done, total=total, rate=rate, **fields)
-    return update
-
-
-def _emit_json(data) -> None:
-    """Pretty JSON on a terminal, one compact line when piped."""
-    if sys.stdout.isatty():
-        out.print_json(json.dumps(data))
-    else:
-        print(json.dumps(data))
-
+app.add_typer(bench_app, name="bench")
 
 @app.callback(invoke_without_command=True)
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
          version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     """cliplens: CLIP-family image–text models for classification, captions, search, ranking and evaluation."""
-    _state["debug"] = debug
+    state["debug"] = debug
     if version:
         print(cliplens.__version__)
         raise typer.Exit()
@@ -156,7 +44,7 @@ def models_list(as_json: bool = JsonOpt) -> None:
     """Aliases (and whether each is available offline) and the models in the Hugging Face cache."""
     entries = cliplens.list_models()
     if as_json:
-        _emit_json([e.__dict__ for e in entries])
+        emit_json([e.__dict__ for e in entries])
         return
     table = Table("name", "points to", "kind", "offline")
     for e in entries:
@@ -213,7 +101,7 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
     if not label_list:
         raise UsageError("give labels after the image, or --labels-file FILE")
     many = Path(image).is_dir() or glob.has_magic(image) or output is not None or fmt is not None
-    encoder = _load_model(model, device, backend, precision)
+    encoder = load_model_with_status(model, device, backend, precision)
     classifier = cliplens.Classifier(label_list, encoder, template=template, templates=templates,
                                      multi_label=multi_label, calibration=calibration, coverage=coverage)
     if many:
@@ -221,7 +109,7 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
         return
     result = classifier.classify(image)
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
         return
     _print_classification(result, coverage)
 
@@ -257,7 +145,7 @@ def _classify_many(classifier, image: str, output: Optional[Path], fmt: Optional
         with progress("classifying") as bar:
             task = bar.add_task("classifying", total=len(sources), rate="")
             for item in classifier.classify_many(sources, batch_size=batch_size, workers=workers,
-                                                 on_progress=_rate_updater(bar, task, "img")):
+                                                 on_progress=rate_updater(bar, task, "img")):
                 if isinstance(item, cliplens.ImageLoadError):
                     failed += 1
                     bar.console.print(f"[yellow]skipped[/] {item.source}: {item.reason}", highlight=False)
@@ -288,17 +176,17 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
               backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
               as_json: bool = JsonOpt) -> None:
     """Fit temperature, the none-of-these detector and conformal scores for a model on labelled images."""
-    encoder = _load_model(model, device, backend, precision)
+    encoder = load_model_with_status(model, device, backend, precision)
     with progress("embedding") as bar:
         task = bar.add_task("embedding", total=None, rate="")
         fitted = cliplens.calibrate(dataset, encoder, template=template, templates=templates, batch_size=batch_size,
-                                  workers=workers, on_progress=_rate_updater(bar, task, "img"))
+                                  workers=workers, on_progress=rate_updater(bar, task, "img"))
     for error in fitted.errors:
         err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
     path = fitted.calibration.save(out_file)
     report = fitted.calibration.report
     if as_json:
-        _emit_json({"out": str(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
+        emit_json({"out": str(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
     else:
         none, q90 = report["none_of_these"], report["conformal"]["0.9"]
         err.print(f"calibrated {encoder.name} on {report['images']} images of {report['classes']} classes "
@@ -341,7 +229,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
     sources = cliplens.expand_paths(paths, exclude=exclude or ()) if paths else []
     if paths and not sources:
         raise UsageError("no images found in " + ", ".join(paths))
-    encoder = _load_model(model, device, backend, precision)
+    encoder = load_model_with_status(model, device, backend, precision)
     if texts:
         vectors = cliplens.embed_texts(texts, encoder)
         files = cliplens.write_text_embeddings(texts, vectors, out_dir, model=encoder.name, dtype=dtype,
@@ -352,7 +240,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
         with progress("embedding") as bar:
             task = bar.add_task("embedding", total=len(sources), rate="")
             result = cliplens.embed_images(sources, encoder, batch_size=batch_size, workers=workers,
-                                           on_progress=_rate_updater(bar, task, "img"))
+                                           on_progress=rate_updater(bar, task, "img"))
         files = cliplens.write_image_embeddings(result, out_dir, dtype=dtype, overwrite=overwrite)
         for error in result.errors:
             err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
@@ -360,7 +248,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
                    "dim": encoder.embed_dim, "out": str(out_dir), "files": [str(f) for f in files],
                    "errors": [{"path": e.source, "reason": e.reason} for e in result.errors]}
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         err.print(f"embedded {summary['count']} {summary['kind']}(s), {summary['failed']} failed → {out_dir}")
     if summary["failed"]:
@@ -382,11 +270,11 @@ def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output fold
 
     with progress("generating") as bar:
         task = bar.add_task("generating", total=n, rate="")
-        update = _rate_updater(bar, task, "img")
+        update = rate_updater(bar, task, "img")
         pairs = write_demo_data(out_dir, n, seed=seed, size=size, mixed=mixed,
                                 on_progress=lambda done: update(done, n))
     if as_json:
-        _emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed})
+        emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed})
     else:
         err.print(f"wrote {n} pairs → {pairs}")
 
@@ -412,7 +300,7 @@ def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."
     with progress("training", unit="steps") as bar:
         load_task = bar.add_task("loading images", total=None, rate="")
         step_task = bar.add_task("training", total=steps, rate="", visible=False)
-        load_update = _rate_updater(bar, load_task, "img")
+        load_update = rate_updater(bar, load_task, "img")
 
         def on_step(s) -> None:
             bar.update(step_task, visible=True, completed=s.step,
@@ -424,7 +312,7 @@ def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."
     summary = {"out": str(result.out), "steps": result.steps, "final_loss": result.final_loss,
                "images": result.images, "skipped": len(result.skipped)}
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         err.print(f"trained {result.steps} steps on {result.images} images (final loss {result.final_loss:.4f}) → {result.out}")
     if result.skipped:

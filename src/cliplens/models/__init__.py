@@ -9,7 +9,7 @@ import warnings
 from .backend import BACKENDS, PRECISIONS, BackendNote, RuntimeChoice, choose_runtime, default_backend, default_precision
 from .base import Encoder, ModelInfo, TextTruncatedWarning, l2_normalize
 from .export import StatusFn
-from .hf import TransformersEncoder
+from .hf import TransformersEncoder, pick_device
 from .preprocess import ImagePreprocessor
 from .registry import ALIASES, DEFAULT_MODEL, DEMO_DIR, default_model, list_models, resolve_model_dir
 
@@ -69,7 +69,7 @@ def _load_onnx(path, name: str, choice: RuntimeChoice, *, auto: bool, on_status:
             return TransformersEncoder(path, name=name, device=choice.device)
         warnings.warn(f"{name}: the ONNX {precision} export did not pass its parity check (see `cliplens bench "
                       "parity`); its answers may differ from torch", BackendNote, stacklevel=3)
-    return OnnxEncoder(folder, name=name, precision=precision, device=choice.device)
+    return OnnxEncoder(folder, name=name, precision=precision, device=choice.device, model_path=path)
 
 
 def as_encoder(model: Encoder | str | os.PathLike | None, device: str | None = None) -> Encoder:
@@ -87,6 +87,6 @@ def release_models() -> None:
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "BackendNote", "ALIASES", "DEFAULT_MODEL", "DEMO_DIR", "Encoder", "as_encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning",
-    "TransformersEncoder", "default_model", "l2_normalize", "list_models", "load_model", "release_models",
+    "TransformersEncoder", "default_model", "pick_device", "l2_normalize", "list_models", "load_model", "release_models",
     "resolve_model_dir",
 ]

@@ -93,7 +93,7 @@ def choose_runtime(model_dir: Path, device: str | None, backend: str | None, pre
 def _auto_backend(model_dir: Path, device: str, precision: str, have_onnx: bool) -> str:
     if precision in TORCH_ONLY or device != "cpu":
         return "torch"
-    if reason := needs_torch(model_dir):
+    if needs_torch(model_dir):
         return "torch" if precision not in ONNX_ONLY else "onnx"  # an explicit int8 is refused with the reason
     if not have_onnx:
         if precision in ONNX_ONLY:

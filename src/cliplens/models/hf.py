@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelLoadError, UsageError
-from .base import Encoder, ModelInfo, TextTruncatedWarning, empty_vectors, l2_normalize, warn_truncated
+from .base import Encoder, ModelInfo, empty_vectors, l2_normalize, warn_truncated
 from .preprocess import ImagePreprocessor
 
 SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}

@@ -38,7 +38,9 @@ class OnnxEncoder(Encoder):
     image_batch_size = 16  # ONNX Runtime on a CPU is as fast at 8–16 as at 32, with less memory
 
     def __init__(self, folder: str | Path, name: str, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, model_path: str | Path | None = None):
+        """``folder`` is the export; ``model_path`` the model folder it stands for (content-identical copies
+        share one export, so the export's own record of its source may name another copy)."""
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
@@ -58,7 +60,7 @@ class OnnxEncoder(Encoder):
         self.preprocessor = ImagePreprocessor.from_pretrained(self.folder)
         meta = self.meta
         self.info = ModelInfo(
-            name=name, path=str(meta["source"]), family=meta["family"], embed_dim=int(meta["embed_dim"]),
+            name=name, path=str(model_path or meta["source"]), family=meta["family"], embed_dim=int(meta["embed_dim"]),
             context_length=self.context_length, score_kind=meta["score_kind"], logit_scale=float(meta["logit_scale"]),
             logit_bias=None if meta["logit_bias"] is None else float(meta["logit_bias"]),
             device=device, backend="onnx", precision=precision,

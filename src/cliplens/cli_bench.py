@@ -1,0 +1,217 @@
+"""``cliplens bench``: commands that print speed, memory and parity figures (never timed tests)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cliplens.cli_common import ModelOpt, command, emit_json, err, load_model_with_status, out, progress, rate_updater
+from cliplens.errors import UsageError
+
+bench_app = typer.Typer(help="Benchmarks: speed against plain transformers, cold start, memory, parity.",
+                        no_args_is_help=True)
+
+BenchModelOpt = typer.Option(None, "--model", "-m",
+                             help="Model to time (default: a ViT-B/32 with random weights; speed does not depend on them).")
+BenchBackendOpt = typer.Option(None, "--backend", help="torch, onnx or auto (default auto).")
+BenchPrecisionOpt = typer.Option(None, "--precision", help="fp32, bf16, fp16, int8 or auto (default auto).")
+JsonOpt = typer.Option(False, "--json", help="Print the figures as JSON on stdout.")
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+
+
+def _bench_model(model: Optional[str]) -> tuple[str, Path, str]:
+    """(name, folder, note) of the model to time; the default ViT-B/32 is made once, with a note saying so."""
+    import cliplens
+    from cliplens.bench.data import BENCH_MODEL, vit_b32_dir
+
+    if model is None:
+        with err.status("making a ViT-B/32 with random weights for timing (once)"):
+            folder = vit_b32_dir()
+        return BENCH_MODEL, folder, "ViT-B/32 (openai/clip-vit-base-patch32's architecture) with random weights: speed does not depend on their values"
+    return model, cliplens.resolve_model_dir(model, allow_download=False), ""
+
+
+def _photos(images: Optional[Path], n: int) -> list[Path]:
+    import cliplens
+    from cliplens.bench.data import PHOTO_SIZE, photo_folder, photo_paths
+
+    if images is not None:
+        paths = cliplens.expand_paths([images])
+        if not paths:
+            raise UsageError(f"--images {images}: no images found")
+        return paths[:n] if n else paths
+    paths = photo_paths(n)
+    if not all(path.exists() for path in paths):
+        with progress(f"generating {n} photo-sized JPEGs ({PHOTO_SIZE[0]}×{PHOTO_SIZE[1]}, once)") as bar:
+            task = bar.add_task("generating", total=n, rate="")
+            photo_folder(n, on_progress=rate_updater(bar, task, "img"))
+    return paths
+
+
+def _require_clip(folder: Path) -> None:
+    import json
+
+    kind = json.loads((folder / "config.json").read_text()).get("model_type")
+    if kind != "clip":
+        raise UsageError(f"{folder}: the reference loop uses CLIPModel and CLIPProcessor; give a CLIP checkpoint")
+
+
+@bench_app.command("embed")
+@command
+def bench_embed(images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (default: 200 generated 3000×2000 JPEGs)."),
+                n: int = typer.Option(200, "-n", min=1, help="How many images to use."),
+                rounds: int = typer.Option(2, "--rounds", min=1, help="Alternating rounds per path."),
+                model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Images/s from files to embeddings: cliplens against a plain transformers loop, same model and files."""
+    from cliplens.bench.throughput import image_throughput
+
+    name, folder, note = _bench_model(model)
+    _require_clip(folder)
+    paths = _photos(images, n)
+    load_model_with_status(str(folder), None, backend, precision)  # a first ONNX export shows its steps here, untimed
+    with err.status(f"timing {len(paths)} images, {rounds} alternating rounds per path"):
+        result = image_throughput(paths, name, folder, rounds=rounds, backend=backend, precision=precision)
+    figures = {"model": name, "images": result.items, "cliplens_images_per_s": round(result.cliplens_per_s, 2),
+               "reference_images_per_s": round(result.reference_per_s, 2), "ratio": round(result.ratio, 2)}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} images/s\n"
+              f"transformers loop (fp32)      {result.reference_per_s:7.1f} images/s\n"
+              f"ratio                         {result.ratio:7.2f}×  ({len(paths)} images, {rounds} rounds, {_machine()})",
+              highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+@bench_app.command("text")
+@command
+def bench_text(n: int = typer.Option(1000, "-n", min=1, help="How many prompts (ImageNet classes, 'a photo of a {}.')."),
+               rounds: int = typer.Option(2, "--rounds", min=1),
+               model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+               precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Texts/s: cliplens against a plain transformers loop (CLIPProcessor + get_text_features, batch 32)."""
+    from cliplens.bench.throughput import text_throughput
+    from cliplens.prompts import imagenet_classes
+
+    name, folder, note = _bench_model(model)
+    _require_clip(folder)
+    classes = imagenet_classes()
+    texts = [f"a photo of a {classes[i % len(classes)]}." for i in range(n)]
+    load_model_with_status(str(folder), None, backend, precision)
+    with err.status(f"timing {len(texts)} texts, {rounds} alternating rounds per path"):
+        result = text_throughput(texts, name, folder, rounds=rounds, backend=backend, precision=precision)
+    figures = {"model": name, "texts": result.items, "cliplens_texts_per_s": round(result.cliplens_per_s, 1),
+               "reference_texts_per_s": round(result.reference_per_s, 1), "ratio": round(result.ratio, 2)}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} texts/s\n"
+              f"transformers loop (fp32)      {result.reference_per_s:7.1f} texts/s\n"
+              f"ratio                         {result.ratio:7.2f}×  ({len(texts)} texts, {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+@bench_app.command("coldstart")
+@command
+def bench_coldstart(runs: int = typer.Option(5, "--runs", min=1),
+                    model: Optional[str] = BenchModelOpt, as_json: bool = JsonOpt) -> None:
+    """Wall time of `cliplens classify PHOTO dog cat car tree house` as a fresh process, export cached."""
+    from cliplens.bench.process import cold_start
+
+    name, folder, note = _bench_model(model)
+    image = _photos(None, 1)[0]
+    load_model_with_status(str(folder), None)  # the export is made (and cached) before anything is timed
+    with err.status(f"running `cliplens classify` {runs + 1} times"):
+        result = cold_start(image, ["dog", "cat", "car", "tree", "house"], str(folder), runs=runs, shown_model=name)
+    figures = {"model": name, "command": result.command, "first_run_s": round(result.first_run_s, 3),
+               "wall_s_median": round(result.wall_s_median, 3), "wall_s_min": round(result.wall_s_min, 3),
+               "runs": result.runs, "target_s": 3.0}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"{result.command}\n"
+              f"first run (reference vocabulary embedded and cached) {result.first_run_s:.2f} s\n"
+              f"later runs: median {result.wall_s_median:.2f} s, best {result.wall_s_min:.2f} s "
+              f"over {runs} fresh processes (target ≤ 3 s; {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+@bench_app.command("memory")
+@command
+def bench_memory(count: int = typer.Option(10_000, "--images", min=1, help="How many images to embed."),
+                 model: Optional[str] = BenchModelOpt, as_json: bool = JsonOpt) -> None:
+    """Peak resident memory of `cliplens embed` over many photo-sized JPEGs, in a process of its own."""
+    from cliplens.bench.data import bench_root, many_files
+    from cliplens.bench.process import embed_memory
+
+    name, folder, note = _bench_model(model)
+    photos = _photos(None, min(count, 200))
+    with err.status(f"linking {count} files to {len(photos)} generated photos"):
+        images = many_files(photos[0].parent, count, f"many-{count}")
+    load_model_with_status(str(folder), None)
+    with err.status(f"embedding {count} images in a separate process"):
+        result = embed_memory(images, count, str(folder), bench_root() / "memory-out", shown_model=name)
+    figures = {"model": name, "images": count, "peak_rss_mb": round(result.peak_rss_mb, 1),
+               "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 2),
+               "target_mb": 2048, "command": result.command}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"{result.command}\npeak RSS {result.peak_rss_mb:.0f} MB over {count} images "
+              f"({result.images_per_s:.1f} images/s; target ≤ 2048 MB; {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+@bench_app.command("parity")
+@command
+def bench_parity(model: Optional[str] = ModelOpt,
+                 images: Optional[Path] = typer.Option(None, "--images", help="Folder of held-out images (default: generated scenes)."),
+                 labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="Labels for top-1 agreement (default: demo labels, or ImageNet classes for --images)."),
+                 n: int = typer.Option(500, "-n", min=1, help="How many images."),
+                 as_json: bool = JsonOpt) -> None:
+    """ONNX fp32 against torch, int8 against fp32, bf16 against fp32: cosines and top-1 agreement.
+
+    The ONNX verdicts are kept with the export: `--backend auto` uses a precision only if it passed.
+    """
+    import cliplens
+    from cliplens.parity import check_parity
+
+    paths = None
+    if images is not None:
+        paths = cliplens.expand_paths([images])[:n]
+        if not paths:
+            raise UsageError(f"--images {images}: no images found")
+    labels = cliplens.read_labels_file(labels_file) if labels_file else None
+    status = err.status("checking parity")
+    with status:
+        results = check_parity(model, images=paths, labels=labels, n=n, on_status=status.update)
+    name = model or cliplens.DEFAULT_MODEL
+    rows = [r.to_dict() for r in results]
+    if as_json:
+        emit_json({"model": name, "images": results[0].images, "labels": results[0].labels,
+                    "passed": all(r.passed for r in results if r.precision != "bf16"), "results": rows})
+    else:
+        from rich.table import Table
+
+        table = Table("precision", "against", "image cos mean", "image cos min", "text cos mean", "top-1 agreement", "passed")
+        for r in results:
+            table.add_row(r.precision, r.reference, f"{r.image_cosine_mean:.6f}", f"{r.image_cosine_min:.6f}",
+                          f"{r.text_cosine_mean:.6f}", f"{r.top1_agreement:.3f}", "yes" if r.passed else "NO")
+        out.print(table)
+        err.print(f"{name}: {results[0].images} images, {results[0].labels} labels. fp32 must stay within cosine "
+                  "0.9999 of torch; int8 and bf16 need mean cosine ≥ 0.99 and top-1 agreement ≥ 99%.", highlight=False)
+    if not all(r.passed for r in results if r.precision != "bf16"):
+        raise typer.Exit(1)
