@@ -64,6 +64,21 @@ def _require_clip(folder: Path) -> None:
         raise UsageError(f"{folder}: the reference loop uses CLIPModel and CLIPProcessor; give a CLIP checkpoint")
 
 
+def _report_throughput(result, unit: str, detail: str, note: str, as_json: bool) -> None:
+    """Print a throughput comparison, or exactly {model, UNIT, cliplens_UNIT_per_s, reference_UNIT_per_s, ratio}."""
+    if as_json:
+        emit_json({"model": result.model, unit: result.items,
+                   f"cliplens_{unit}_per_s": round(result.cliplens_per_s, 2),
+                   f"reference_{unit}_per_s": round(result.reference_per_s, 2), "ratio": round(result.ratio, 2)})
+        return
+    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} {unit}/s\n"
+              f"transformers loop (fp32)      {result.reference_per_s:7.1f} {unit}/s\n"
+              f"ratio                         {result.ratio:7.2f}×  ({result.items} {unit}, {detail}, {_machine()})",
+              highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
 @bench_app.command("embed")
 @command
 def bench_embed(images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (default: 200 generated 3000×2000 JPEGs)."),
@@ -80,17 +95,7 @@ def bench_embed(images: Optional[Path] = typer.Option(None, "--images", help="Fo
     load_model_with_status(str(folder), None, backend, precision)  # a first ONNX export shows its steps here, untimed
     with err.status(f"timing {len(paths)} images, {rounds} alternating rounds per path"):
         result = image_throughput(paths, name, folder, rounds=rounds, backend=backend, precision=precision)
-    figures = {"model": name, "images": result.items, "cliplens_images_per_s": round(result.cliplens_per_s, 2),
-               "reference_images_per_s": round(result.reference_per_s, 2), "ratio": round(result.ratio, 2)}
-    if as_json:
-        emit_json(figures)
-        return
-    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} images/s\n"
-              f"transformers loop (fp32)      {result.reference_per_s:7.1f} images/s\n"
-              f"ratio                         {result.ratio:7.2f}×  ({len(paths)} images, {rounds} rounds, {_machine()})",
-              highlight=False)
-    if note:
-        err.print(note, highlight=False)
+    _report_throughput(result, "images", f"{rounds} rounds", note, as_json)
 
 
 @bench_app.command("text")
@@ -110,16 +115,7 @@ def bench_text(n: int = typer.Option(1000, "-n", min=1, help="How many prompts (
     load_model_with_status(str(folder), None, backend, precision)
     with err.status(f"timing {len(texts)} texts, {rounds} alternating rounds per path"):
         result = text_throughput(texts, name, folder, rounds=rounds, backend=backend, precision=precision)
-    figures = {"model": name, "texts": result.items, "cliplens_texts_per_s": round(result.cliplens_per_s, 1),
-               "reference_texts_per_s": round(result.reference_per_s, 1), "ratio": round(result.ratio, 2)}
-    if as_json:
-        emit_json(figures)
-        return
-    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} texts/s\n"
-              f"transformers loop (fp32)      {result.reference_per_s:7.1f} texts/s\n"
-              f"ratio                         {result.ratio:7.2f}×  ({len(texts)} texts, {_machine()})", highlight=False)
-    if note:
-        err.print(note, highlight=False)
+    _report_throughput(result, "texts", f"{rounds} rounds", note, as_json)
 
 
 @bench_app.command("coldstart")
