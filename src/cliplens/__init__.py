@@ -19,7 +19,20 @@ from .scores import cosine, label_probabilities
 
 __version__ = "0.1.0"
 
+# Photo search (FAISS, SQLite) loads on first use, so commands that do not search start faster.
+_INDEX_API = {"DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "update_index",
+              "search_index"}
+
+
+def __getattr__(name: str):
+    if name in _INDEX_API:
+        from . import index
+
+        return index.search if name == "search_index" else getattr(index, name)
+    raise AttributeError(f"module 'cliplens' has no attribute {name!r}")
+
 __all__ = [
+    "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "search_index", "update_index",
     "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "Calibration", "CalibrationRun", "Classification", "Classifier", "CliplensError", "DataError", "Encoder", "ImageEmbeddings",
     "ImageLoadError", "ImagePreprocessor", "LabelScore", "LabelWarning", "ModelInfo", "ModelLoadError", "ModelNotFoundError",
     "TextTruncatedWarning", "UsageError", "__version__", "calibrate", "classify", "cosine", "embed_images", "embed_texts",

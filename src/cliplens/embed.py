@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .models import Encoder, as_encoder
 from .models.base import empty_vectors
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,6 +42,24 @@ def _decode(source: ImageSource, encoder: Encoder) -> tuple[object, tuple[int, i
         return exc
 
 
+def prefetch_batches(count: int, job: Callable[[int], T], batch_size: int, workers: int) -> Iterator[list[T]]:
+    """``job(0) … job(count - 1)`` in worker threads, yielded in order in batches, two batches ahead of the
+    consumer (so decoding overlaps with the model's work on the batch before)."""
+    if workers <= 1:
+        for start in range(0, count, batch_size):
+            yield [job(i) for i in range(start, min(start + batch_size, count))]
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cliplens-decode") as pool:
+        pending = []
+        lookahead = 2  # batches decoding while the model runs
+        for start in range(0, count, batch_size):
+            pending.append([pool.submit(job, i) for i in range(start, min(start + batch_size, count))])
+            if len(pending) > lookahead:
+                yield [f.result() for f in pending.pop(0)]
+        for futures in pending:
+            yield [f.result() for f in futures]
+
+
 def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_size: int, workers: int
                        ) -> Iterator[list[tuple[int, object, tuple[int, int] | None]]]:
     """Decode images in worker threads ahead of the model, yielding batches of (index, pixels|error, size)."""
@@ -48,19 +67,12 @@ def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_s
         result = _decode(sources[i], encoder)
         return (i, result, None) if isinstance(result, ImageLoadError) else (i, result[0], result[1])
 
-    if workers <= 1:
-        for start in range(0, len(sources), batch_size):
-            yield [job(i) for i in range(start, min(start + batch_size, len(sources)))]
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cliplens-decode") as pool:
-        pending = []
-        lookahead = 2  # batches decoding while the model runs
-        for start in range(0, len(sources), batch_size):
-            pending.append([pool.submit(job, i) for i in range(start, min(start + batch_size, len(sources)))])
-            if len(pending) > lookahead:
-                yield [f.result() for f in pending.pop(0)]
-        for futures in pending:
-            yield [f.result() for f in futures]
+    return prefetch_batches(len(sources), job, batch_size, workers)
+
+
+def default_workers() -> int:
+    """Decode threads: as many as cores, up to 4."""
+    return min(4, os.cpu_count() or 1)
 
 
 def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = None, *, device: str | None = None,
@@ -73,7 +85,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
     encoder = as_encoder(model, device)
     sources = list(images)
     batch_size = batch_size or encoder.image_batch_size
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    workers = workers if workers is not None else default_workers()
     vectors, names, sizes, errors = [], [], [], []
     done = 0
     for batch in iter_image_batches(sources, encoder, batch_size, workers):

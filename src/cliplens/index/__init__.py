@@ -1,0 +1,74 @@
+"""Photo search that scales: an incremental, crash-safe index of image vectors (SQLite + FAISS)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import UsageError
+from .indexer import IndexRun, index_folders
+from .photos import DuplicateGroup, PhotoIndex, QueryTerm, SearchHit, SearchResult, parse_query
+from .store import IndexStore, ModelMismatchError, default_index_dir
+from .sync import writer_lock
+
+
+def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None = None, model: str | None = None, *,
+                 exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
+                 workers: int | None = None, device: str | None = None, backend: str | None = None,
+                 precision: str | None = None, on_progress=None, on_status=None, engine: str = "local",
+                 address: str | None = None) -> IndexRun:
+    """Build or update the index at ``index`` (default: CLIPLENS_INDEX or the user data dir) from ``folders``.
+
+    Without ``model`` the index keeps the model it was built with (a new index takes the default model).
+    Another model is refused unless ``reindex``, which drops the old vectors and encodes everything again.
+    ``engine="ray"`` decodes and encodes in a Ray Data pipeline (local, or the cluster at ``address``).
+    """
+    from filelock import Timeout
+
+    from ..models import load_model
+
+    store = IndexStore(index, create=True)
+    lock = writer_lock(store)
+    try:
+        lock.acquire()
+    except Timeout:
+        store.close()
+        raise UsageError(f"{store.folder}: another `cliplens index` run is updating this index; wait for it "
+                         "to finish (searching works meanwhile)") from None
+    try:
+        name = model or (store.model.name if store.model else None)
+        encoder = load_model(name, device=device, backend=backend, precision=precision, on_status=on_status)
+        encode_batches = None
+        if engine == "ray":
+            from functools import partial
+
+            from .ray_engine import ray_batches
+
+            encode_batches = partial(ray_batches, model=str(encoder.info.path), shard_dir=store.folder / "shards",
+                                     address=address, batch_size=batch_size or 32, backend=backend,
+                                     precision=precision, on_status=on_status)
+        elif engine != "local":
+            raise UsageError(f"engine {engine!r}: choose local or ray")
+        return index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,
+                             workers=workers, on_progress=on_progress, encode_batches=encode_batches)
+    finally:
+        lock.release()
+        store.close()
+
+
+def search(query: str | None = None, index: str | Path | None = None, *, image: str | Path | None = None,
+           add: Sequence[str] = (), subtract: Sequence[str] = (), k: int = 10, threshold: float | None = None,
+           model: str | None = None) -> SearchResult:
+    """One search of the index (open a :class:`PhotoIndex` to run many)."""
+    photos = PhotoIndex(index, model)
+    try:
+        return photos.search(query, image=image, add=add, subtract=subtract, k=k, threshold=threshold)
+    finally:
+        photos.close()
+
+
+__all__ = [
+    "DuplicateGroup", "IndexRun", "IndexStore", "ModelMismatchError", "PhotoIndex", "QueryTerm", "SearchHit",
+    "SearchResult", "default_index_dir", "index_folders", "parse_query", "search", "update_index",
+]

@@ -1,0 +1,191 @@
+"""Building and updating an index: only what changed is read, only what is new is encoded.
+
+A file whose size and mtime match its row is skipped without being read. Otherwise it is hashed
+(in the decode workers, from the bytes they read anyway): the same hash as its row means only the
+stat changed; the hash of a row whose file has gone means a move or rename, and the row follows the
+file; the hash of a row still present means a copy, which reuses that vector. Everything else is
+decoded and encoded, a batch at a time, each batch committed as it finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..cache import model_content_hash
+from ..embed import default_workers, prefetch_batches
+from ..errors import ImageLoadError, UsageError
+from ..images import expand_paths, load_image
+from ..models import Encoder
+from .store import IndexStore, NewRow
+from .sync import sync_vector_index
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class IndexRun:
+    """What one run did."""
+
+    index: str
+    model: str
+    files: int = 0  # files found under the folders given
+    unchanged: int = 0
+    encoded: int = 0  # images run through the model
+    reused: int = 0  # copies and re-saved files whose vector was reused by hash
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[ImageLoadError] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        out["errors"] = [{"path": e.source, "reason": e.reason} for e in self.errors]
+        return out
+
+
+@dataclass
+class _Seen:
+    """One changed or new file after the worker looked at it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+    pixels: object = None
+    dims: tuple[int, int] | None = None
+    error: ImageLoadError | None = None
+
+
+def file_sha256(path: str) -> tuple[str, bytes]:
+    data = Path(path).read_bytes()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store: IndexStore, *,
+                  exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
+                  workers: int | None = None, on_progress: ProgressFn | None = None,
+                  encode_batches=None) -> IndexRun:
+    """Bring ``store`` up to date with the images under ``folders``, encoding with ``encoder``.
+
+    ``encode_batches(todo, hash_only, known, by_hash)`` replaces the local decode-and-encode loop (the
+    Ray engine passes its own): it yields ``(files, vectors)`` batches covering ``todo``, where a file
+    whose content is already known (by path and hash, or by hash) gets vector None, a bad one gets its
+    ``error`` set, and every other file gets its vector.
+    """
+    start = time.perf_counter()
+    fingerprint = model_content_hash(encoder.info.path)
+    if reindex and store.model is not None and store.model.fingerprint != fingerprint:
+        store.reset()
+    store.check_model(encoder.name, fingerprint, action="update it")
+    if store.model is None:
+        named = Path(encoder.name).expanduser()  # a folder is kept as an absolute path, to load from anywhere
+        store.bind_model(str(named.resolve()) if named.is_dir() else encoder.name, fingerprint, encoder.embed_dim)
+    roots = [Path(f).expanduser().resolve() for f in folders]
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"{root}: not a folder (cliplens index takes folders of images)")
+    paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude)]
+    run = IndexRun(str(store.folder), encoder.name, files=len(paths))
+    known = store.rows()
+    found = set(paths)
+    gone = {p: row for p, row in known.items() if _under(p, roots) and p not in found}
+    by_hash = {row.sha256: row for row in known.values() if row.sha256 and row.has_vector}
+    todo, touch = [], []
+    for path in paths:
+        stat = os.stat(path)
+        row = known.get(path)
+        if row is not None and row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns:
+            run.unchanged += 1
+        else:
+            todo.append(_Seen(path, stat.st_size, stat.st_mtime_ns))
+
+    def look(i: int, decode: bool = True) -> _Seen:
+        """Hash a changed or new file and, unless its content is known (or ``decode`` is off), decode it."""
+        seen = todo[i]
+        try:
+            seen.sha256, data = file_sha256(seen.path)
+        except OSError as exc:
+            seen.error = ImageLoadError(seen.path, f"unreadable ({exc.strerror or exc})")
+            return seen
+        row = known.get(seen.path)
+        if (row is not None and row.sha256 == seen.sha256) or seen.sha256 in by_hash or not decode:
+            return seen  # same content as a known vector: no decode
+        try:
+            image = load_image(data if data else seen.path, draft_size=encoder.draft_size)
+            seen.dims = image.size
+            seen.pixels = encoder.prepare(image)
+        except ImageLoadError as exc:
+            seen.error = ImageLoadError(seen.path, exc.reason)
+        return seen
+
+    batch_size = batch_size or encoder.image_batch_size
+    workers = workers if workers is not None else default_workers()
+    if encode_batches is not None:  # another engine decodes and encodes; hashing stays here
+        batches = encode_batches(todo, lambda i: look(i, decode=False), known, by_hash)
+    else:
+        batches = _local_batches(todo, look, encoder, batch_size, workers)
+    done = run.unchanged
+    if on_progress is not None:
+        on_progress(done, len(paths))
+    for batch, vectors in batches:
+        rows, moves = [], []
+        for seen, vector in zip(batch, vectors):
+            if seen.error is not None:
+                run.failed += 1
+                run.errors.append(seen.error)
+                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, error=seen.error.reason))
+                continue
+            row = known.get(seen.path)
+            if vector is None and row is not None and row.sha256 == seen.sha256:
+                touch.append((row.id, seen.size, seen.mtime_ns))  # re-saved with the same bytes
+                run.unchanged += 1
+            elif vector is None:
+                source = by_hash[seen.sha256]
+                if source.path in gone:  # moved or renamed: the row follows the file
+                    del gone[source.path]
+                    moves.append((source.id, NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256)))
+                    run.moved += 1
+                else:  # a copy: same vector, no model run
+                    copy = store.vectors([source.id])[1]
+                    rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, source.width,
+                                       source.height, vector=copy[0]))
+                    run.reused += 1
+            else:
+                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, *seen.dims, vector=vector))
+                run.encoded += 1
+        if rows or moves:
+            store.write_batch(rows, moves=moves)
+        done += len(batch)
+        if on_progress is not None:
+            on_progress(done, len(paths))
+    store.touch(touch)
+    if gone:
+        store.write_batch([], removals=list(gone))
+        run.removed = len(gone)
+    sync_vector_index(store)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _local_batches(todo: list[_Seen], look, encoder: Encoder, batch_size: int, workers: int):
+    """(batch, vectors) pairs: files looked at in decode workers, then the new images of each batch encoded."""
+    for batch in prefetch_batches(len(todo), look, batch_size, workers):
+        fresh = [i for i, seen in enumerate(batch) if seen.pixels is not None]
+        vectors: list = [None] * len(batch)
+        if fresh:
+            encoded = encoder.encode_prepared([batch[i].pixels for i in fresh])
+            for i, vector in zip(fresh, encoded):
+                vectors[i] = vector
+        for seen in batch:
+            seen.pixels = None  # free the pixels once encoded
+        yield batch, vectors
+
+
+def _under(path: str, roots: Sequence[Path]) -> bool:
+    return any(path == str(root) or path.startswith(str(root) + os.sep) for root in roots)
