@@ -211,3 +211,40 @@ def bench_parity(model: Optional[str] = ModelOpt,
                   "0.9999 of torch; int8 and bf16 need mean cosine ≥ 0.99 and top-1 agreement ≥ 99%.", highlight=False)
     if not all(r.passed for r in results if r.precision != "bf16"):
         raise typer.Exit(1)
+
+
+@bench_app.command("search")
+@command
+def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", min=1, help="How many vectors to index."),
+                 dim: int = typer.Option(512, "--dim", min=2, help="Their dimension (ViT-B/32: 512)."),
+                 queries: int = typer.Option(200, "--queries", min=1, help="Single queries to time (not in the index)."),
+                 memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb", min=1,
+                                                                  help="Memory the index may use (MB = 2^20 bytes; default: no limit)."),
+                 exact_below: int = typer.Option(100_000, "--exact-below", min=0,
+                                                 help="Exact search below this many vectors, as cliplens does."),
+                 seed: int = typer.Option(0, "--seed", help="Seed of the synthetic vectors."),
+                 as_json: bool = JsonOpt) -> None:
+    """Photo search: single queries against the vector index cliplens chooses, and against numpy brute force.
+
+    Synthetic clustered vectors (normalised, CLIP-like); queries are held out from the index.
+    """
+    from cliplens.bench.search import search_benchmark
+
+    status = err.status("preparing")
+    with status:
+        result = search_benchmark(vectors, dim, queries=queries, memory_budget_mb=memory_budget_mb,
+                                  exact_below=exact_below, seed=seed, on_status=status.update)
+    if as_json:
+        emit_json({"vectors": result.vectors, "dim": result.dim, "index": result.index,
+                   "p50_ms": round(result.p50_ms, 3), "p99_ms": round(result.p99_ms, 3),
+                   "recall_at_10": round(result.recall_at_10, 4), "memory_mb": round(result.memory_mb, 1),
+                   "qps": round(result.qps, 1), "bruteforce_qps": round(result.bruteforce_qps, 2),
+                   "ratio": round(result.ratio, 2)})
+        return
+    params = ", ".join(f"{k} {v:g}" for k, v in result.params.items()) or "exact"
+    out.print(f"{result.index} ({params}), {result.vectors:,} × {result.dim}, built in {result.build_s:.0f} s\n"
+              f"single queries   p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, {result.qps:,.0f} queries/s\n"
+              f"recall@10        {result.recall_at_10:.3f} against exact search ({result.queries} held-out queries)\n"
+              f"memory           {result.memory_mb:,.0f} MB\n"
+              f"numpy brute force {result.bruteforce_qps:,.1f} queries/s; ratio {result.ratio:,.1f}× ({_machine()})",
+              highlight=False)

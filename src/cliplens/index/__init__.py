@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -45,9 +46,13 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
 
             from .ray_engine import ray_batches
 
-            encode_batches = partial(ray_batches, model=str(encoder.info.path), shard_dir=store.folder / "shards",
-                                     address=address, batch_size=batch_size or 32, backend=backend,
-                                     precision=precision, on_status=on_status)
+            shards = store.folder / "shards"
+            shutil.rmtree(shards, ignore_errors=True)  # the last run's shards only, once they are in the index
+            cpu = encoder.info.device == "cpu"  # CPU workers run what the driver runs, so vectors agree
+            encode_batches = partial(ray_batches, model=str(encoder.info.path), shard_dir=shards, address=address,
+                                     batch_size=batch_size or 32, backend=encoder.info.backend if cpu else backend,
+                                     precision=encoder.info.precision if cpu else precision, on_status=on_status,
+                                     preprocessor=encoder.preprocessor)
         elif engine != "local":
             raise UsageError(f"engine {engine!r}: choose local or ray")
         return index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,

@@ -55,7 +55,7 @@ def sync_vector_index(store: IndexStore, *, save: bool = True) -> VectorIndex:
             except Exception:  # noqa: BLE001 - a damaged derived file is rebuilt from the database
                 index = None
         want = choose_spec(count, dim)
-        rebuilt = index is None or _exact(index.spec) != _exact(want) or index.needs_rebuild
+        rebuilt = (index is None or index.dim != dim or _exact(index.spec) != _exact(want) or index.needs_rebuild)
         if rebuilt:
             ids, vectors = store.vectors()
             index = VectorIndex.create(want, dim)
