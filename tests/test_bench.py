@@ -64,12 +64,13 @@ def test_run_measured_reports_the_child_peak_memory():
     assert failing.returncode == 3 and "boom" in failing.stderr
 
 
-def test_many_files_links_round_robin(photo_dir, monkeypatch, tmp_path):
+def test_many_files_are_distinct_copies_with_the_same_pixels(photo_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path))
     folder = many_files(photo_dir, 12, "many-12")
     files = sorted(folder.glob("*.jpg"))
-    assert len(files) == 12
-    assert files[5].read_bytes() == (photo_dir / "p0.jpg").read_bytes()
+    assert len(files) == 12 and len({f.read_bytes() for f in files}) == 12
+    same = [np.asarray(Image.open(p).convert("RGB")) for p in (files[0], files[5], photo_dir / "p0.jpg")]
+    assert np.array_equal(same[0], same[2]) and np.array_equal(same[1], same[2])
 
 
 def _bench(*args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -146,19 +147,23 @@ def bench_coldstart(runs: int = typer.Option(5, "--runs", min=1),
 
 @bench_app.command("memory")
 @command
-def bench_memory(count: int = typer.Option(10_000, "--images", min=1, help="How many images to embed."),
+def bench_memory(count: int = typer.Option(10_000, "--images", min=1, help="How many images to index."),
                  model: Optional[str] = BenchModelOpt, as_json: bool = JsonOpt) -> None:
-    """Peak resident memory of `cliplens embed` over many photo-sized JPEGs, in a process of its own."""
+    """Peak resident memory of `cliplens index` over many photo-sized JPEGs into a new index, in a process of its own."""
     from cliplens.bench.data import bench_root, many_files
-    from cliplens.bench.process import embed_memory
+    from cliplens.bench.process import index_memory
 
     name, folder, note = _bench_model(model)
     photos = _photos(None, min(count, 200))
-    with err.status(f"linking {count} files to {len(photos)} generated photos"):
+    with err.status(f"writing {count} distinct copies of {len(photos)} generated photos"):
         images = many_files(photos[0].parent, count, f"many-{count}")
     load_model_with_status(str(folder), None)
-    with err.status(f"embedding {count} images in a separate process"):
-        result = embed_memory(images, count, str(folder), bench_root() / "memory-out", shown_model=name)
+    try:
+        with err.status(f"indexing {count} images in a separate process"):
+            result = index_memory(images, count, str(folder), bench_root() / "memory-index", shown_model=name)
+    finally:  # the copies take about 1.7 MB each: do not leave them in the cache
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(bench_root() / "memory-index", ignore_errors=True)
     figures = {"model": name, "images": count, "peak_rss_mb": round(result.peak_rss_mb, 1),
                "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 2),
                "target_mb": 2048, "command": result.command}

@@ -112,16 +112,21 @@ def photo_folder(n: int = 200, size: tuple[int, int] = PHOTO_SIZE, on_progress: 
 
 
 def many_files(source: Path, count: int, name: str) -> Path:
-    """A folder of ``count`` files that are hard links (or copies) of the JPEGs in ``source``, round robin."""
+    """A folder of ``count`` distinct JPEG files made from the photos in ``source``, round robin.
+
+    Each copy gets a JPEG comment naming its number: it decodes to the same pixels, but its bytes (and
+    so its hash) are its own, so an index encodes every one of them rather than reusing vectors.
+    """
     folder = bench_root() / name
     originals = sorted(source.glob("*.jpg"))
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         target = folder / f"img_{i:06d}.jpg"
         if not target.exists():
-            original = originals[i % len(originals)]
-            try:
-                os.link(original, target)
-            except OSError:
-                shutil.copyfile(original, target)
+            data = originals[i % len(originals)].read_bytes()
+            comment = f"cliplens bench copy {i}".encode()
+            segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(data[:2] + segment + data[2:])  # right after the JPEG's start-of-image marker
+            tmp.replace(target)
     return folder

@@ -92,13 +92,13 @@ class MemoryRun:
         return self.images / self.seconds
 
 
-def embed_memory(folder: Path, count: int, model: str, out: Path, *, shown_model: str | None = None) -> MemoryRun:
-    """Peak RSS of ``cliplens embed FOLDER`` over ``count`` images, in a process of its own."""
-    shutil.rmtree(out, ignore_errors=True)
-    args = cliplens_command() + ["embed", str(folder), "--out", str(out), "--model", model]
+def index_memory(folder: Path, count: int, model: str, index: Path, *, shown_model: str | None = None) -> MemoryRun:
+    """Peak RSS of ``cliplens index FOLDER`` over ``count`` images into a fresh index, in a process of its own."""
+    shutil.rmtree(index, ignore_errors=True)
+    args = cliplens_command() + ["index", str(folder), "--index", str(index), "--model", model]
     stats = run_measured(args, {**os.environ, "HF_HUB_OFFLINE": "1"})
     if stats.returncode != 0:
-        raise RuntimeError(f"cliplens embed failed: {stats.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"cliplens index failed: {stats.stderr.strip().splitlines()[-1:]}")
     shown_model = shown_model or model
     return MemoryRun(shown_model, count, stats.peak_rss_mb, stats.wall_s,
-                     f"cliplens embed {folder.name}/ --out OUT --model {shown_model}")
+                     f"cliplens index {folder.name}/ --index NEW --model {shown_model}")
