@@ -30,8 +30,9 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -47,6 +48,7 @@ K_FACTOR = 64  # candidates per result re-ranked with the 8-bit codes (k = 10: t
 TOMBSTONE_LIMIT = 0.2  # a rebuild is worth it when more than this share of stored vectors are dead
 GROWTH_LIMIT = 4.0  # ... or when the collection is this many times what the IVF was trained for
 ADD_CHUNK = 65_536
+SINGLE_THREAD_BELOW = 16  # searches of fewer queries run on one thread (see _threads)
 
 StatusFn = Callable[[str], None]
 
@@ -63,6 +65,26 @@ def _require_faiss():
     except ImportError:  # pragma: no cover - faiss-cpu is installed with the index extra
         raise UsageError("the photo index needs FAISS: pip install faiss-cpu") from None
     return faiss
+
+
+@contextmanager
+def _threads(count: int | None):
+    """Run FAISS on ``count`` OpenMP threads (this thread's setting only; None: leave it).
+
+    A few queries gain nothing from FAISS's threads, which parallelise over queries, and lose much
+    when another process holds the cores: each parallel region then waits for a descheduled thread
+    (measured on 2 busy cores: a 20k build 12 s against 1 s, single queries 16 ms against 0.2 ms).
+    """
+    if count is None:
+        yield
+        return
+    faiss = _require_faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _nlist(n: int) -> int:
@@ -84,14 +106,16 @@ def approximate_specs(n: int, dim: int) -> list[str]:
     """The approximate kinds for ``n`` vectors, most accurate (and largest) first."""
     nlist = _nlist(n)
     m4, m8 = _pq_m(dim, 4), _pq_m(dim, 8)
-    return [f"IVF{nlist},PQ{m4}x4fs,Refine(SQ8)", f"IVF{nlist},PQ{m4}x4fs,Refine(SQ4)",
-            f"IVF{nlist},PQ{m4}x4fs", f"IVF{nlist},PQ{m8}x4fs"]
+    return [f"IVF{nlist},PQ{m4}x4fs,Refine(SQ8)", f"IVF{nlist},PQ{m4}x4fs,Refine(SQ6)",
+            f"IVF{nlist},PQ{m4}x4fs,Refine(SQ4)", f"IVF{nlist},PQ{m4}x4fs", f"IVF{nlist},PQ{m8}x4fs"]
 
 
 def estimate_bytes(spec: str, n: int, dim: int) -> int:
     """Memory of ``n`` vectors of ``dim`` in an index of kind ``spec`` (the kinds :func:`choose_spec` picks)."""
-    per_vector, fixed = 8, 0  # every kind keeps an int64 id per vector
+    per_vector, fixed = 8, 0  # every kind keeps an int64 id per vector ...
     parts = spec.split(",")
+    if "Refine(" in spec or len(parts) > 1 and parts[1].endswith("fs"):
+        per_vector += 8  # ... and these keep an IDMap too (see VectorIndex)
     if spec == "Flat":
         return n * (4 * dim + 8)
     match = _IVF.match(spec)
@@ -102,8 +126,6 @@ def estimate_bytes(spec: str, n: int, dim: int) -> int:
     for part in parts[1:]:
         refine = re.fullmatch(r"Refine\((\w+)\)", part)
         code = refine.group(1) if refine else part
-        if refine:
-            per_vector += 8  # the ids of the refine stage
         if pq := re.fullmatch(r"PQ(\d+)(?:x(\d+))?(fs)?", code):
             m, bits = int(pq.group(1)), int(pq.group(2) or 8)
             per_vector += math.ceil(m * bits / 8)
@@ -131,18 +153,22 @@ def choose_spec(n: int, dim: int, *, memory_budget_mb: float | None = None, exac
     - otherwise an IVF with 2·√n lists (a power of two, at least 50 vectors per list for training)
       and, of these code sizes, the most accurate that fits ``memory_budget_mb``:
 
-      1. ``IVF…,PQ{d/4}x4fs,Refine(SQ8)``: a 4-bit PQ scanned with SIMD picks candidates that are
-         re-ranked with 8-bit codes of the whole vector; d/8 + d + 16 bytes a vector (592 MB at
-         1M × 512). Recall@10 ≥ 0.95 at about 1.6 ms a query on 1M × 512 on 2 cores;
-      2. the same re-ranked with 4-bit codes (d/8 + d/2 + 16 bytes);
-      3. the 4-bit PQ alone (d/8 + 8 bytes);
-      4. a PQ half that size (d/16 + 8 bytes).
+      1. ``IVF…,PQ{d/4}x4fs,Refine(SQ8)``: a 4-bit PQ scanned with SIMD ("fast scan") picks
+         candidates that are re-ranked with 8-bit codes of the whole vector: d/8 + d + 16 bytes a
+         vector, 592 MB at 1M × 512;
+      2. the same re-ranked with 6-bit codes (d/8 + 3d/4 + 16 bytes);
+      3. ... with 4-bit codes (d/8 + d/2 + 16 bytes);
+      4. the 4-bit PQ alone (d/8 + 16 bytes);
+      5. a 4-bit PQ half that size (d/16 + 16 bytes).
 
-      Smaller codes lose recall that no search setting can buy back: the tuned recall
-      (:attr:`VectorIndex.recall`) says what a build reached.
+      Smaller codes lose recall that no search setting buys back. Recall@10 at 200k × 512
+      (IVF1024, nprobe 256, re-ranking the best 640): 0.98, 0.95, 0.84, 0.49, 0.29. The recall a
+      build reached is :attr:`VectorIndex.recall`.
 
-    No budget means no limit (kind 1 is then the choice: HNSW would need ~3 min to build 1M and
-    cannot remove vectors, and IVF with 8-bit codes alone needs ~5 ms a query for the same recall).
+    No budget means no limit, and kind 1. It beats the other kinds that fit 1 GB at 1M × 512 (see
+    the module's table): IVF with 8-bit codes alone needs ~8 ms a query for recall 0.97, and HNSW
+    takes ~3.5 min to build, cannot delete vectors and reached 0.90 at 1.7 ms. Budgets are in MB of
+    2^20 bytes, as :meth:`VectorIndex.memory_bytes` counts them.
     Raises :class:`UsageError` if even the smallest kind does not fit the budget.
     """
     if n < 0 or dim < 1:
@@ -187,9 +213,11 @@ def _as_ids(ids, n: int, what: str) -> np.ndarray:
     return array
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, row numbers) of the ``k`` largest inner products of each query, best first (chunked matmul)."""
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, row numbers) of the ``k`` largest inner products of each query, best first (a matmul in
+    chunks of ~32M scores, so that 400 queries over 1M vectors need ~0.5 GB at a time, not 5)."""
     k = min(k, len(vectors))
+    chunk = int(np.clip(2**25 // max(len(queries), 1), 4_096, 1 << 20))
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for start in range(0, len(vectors), chunk):
@@ -214,10 +242,12 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 class VectorIndex:
     """A FAISS index of int64 ids, searched by inner product, updated in place.
 
-    Kinds whose vectors FAISS can delete (Flat, IVF) delete them. Kinds that cannot (HNSW, and
-    the re-ranking stage of ``Refine``) keep *tombstones*, the internal labels of dead vectors: a
-    refined IVF drops them from its first stage, so they never come back; other kinds filter them
-    out of every search. :attr:`needs_rebuild` says when a rebuild from the store is worth it.
+    Flat and IVF with plain codes delete vectors. The other kinds keep *tombstones*, the internal
+    labels of dead vectors, which every search filters out: HNSW and ``Refine`` cannot delete, and
+    IVF fast-scan lists can, but in FAISS 1.15 vectors added after a deletion are then lost from
+    them (seen here: 92 of 200 new vectors not found after 300 deletions). Their ids live in an
+    IDMap beside the inner index, so an id can come back with a new vector. :attr:`needs_rebuild`
+    says when a rebuild from the store is worth it.
     """
 
     def __init__(self, index, spec: str, dim: int, *, params: dict | None = None, dead: np.ndarray | None = None,
@@ -244,9 +274,8 @@ class VectorIndex:
         self._ivf = faiss.try_extract_index_ivf(first_stage)
         self._hnsw = self._inner if isinstance(self._inner, faiss.IndexHNSW) else None
         # Flat and IVF delete vectors; Refine and HNSW cannot, and keep tombstones instead
-        self._removable = self._refine is None and (self._ivf is not None or isinstance(self._inner, faiss.IndexFlatCodes))
-        # a refined IVF drops dead vectors from its first stage; the others filter them out of each search
-        self._filter = not self._removable and self._refine is None
+        self._removable = self._refine is None and (
+            self._idmap is None and self._ivf is not None or isinstance(self._inner, faiss.IndexFlatCodes))
 
     # --- making ----------------------------------------------------------------------------------
 
@@ -259,7 +288,8 @@ class VectorIndex:
             raise UsageError(f"{spec!r} is not a FAISS index kind cliplens can build")
         try:
             index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
-            if faiss.try_extract_index_ivf(index) is None or isinstance(index, faiss.IndexRefine):
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is None or isinstance(index, faiss.IndexRefine) or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
                 index = faiss.index_factory(int(dim), "IDMap," + spec, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown"
@@ -293,7 +323,7 @@ class VectorIndex:
             self._index.train(sample)
         for start in range(0, len(vectors), ADD_CHUNK):
             status(f"adding vectors: {start:,} of {len(vectors):,}")
-            self._index.add_with_ids(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+            self._add(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
         self.built_for = len(vectors)
         self.tune(vectors, ids, on_status=status, seed=seed)
         return self
@@ -385,7 +415,12 @@ class VectorIndex:
             raise UsageError(f"add: this {self._spec} index has not been built; call build() first")
         self.remove(ids)
         for start in range(0, len(vectors), ADD_CHUNK):
-            self._index.add_with_ids(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+            self._add(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+
+    def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        # inner indexes of an IDMap never delete, so the labels they give new vectors (their count so
+        # far) are the positions of the ids in the IDMap
+        self._index.add_with_ids(vectors, ids)
 
     def remove(self, ids) -> int:
         """Remove the vectors of ``ids`` (ids not present are ignored) without a rebuild; returns how many."""
@@ -397,8 +432,6 @@ class VectorIndex:
             return int(self._index.remove_ids(ids))
         labels = self._live_labels(ids)
         if len(labels):
-            if self._refine is not None:
-                self._ivf.remove_ids(labels)  # out of the first stage: they are never candidates again
             self._dead = np.union1d(self._dead, labels)
             self._selector = None
         return len(labels)
@@ -408,13 +441,13 @@ class VectorIndex:
     def _search_params(self):
         faiss = _require_faiss()
         selector = None
-        if self._filter and len(self._dead):
+        if len(self._dead):
             if self._selector is None:
                 batch = faiss.IDSelectorBatch(self._dead)
                 self._selector = (faiss.IDSelectorNot(batch), batch)  # keep the batch alive with its wrapper
             selector = self._selector[0]
         if self._ivf is not None:
-            ivf_params = faiss.SearchParametersIVF(nprobe=int(self.params.get("nprobe", 1)))
+            ivf_params = faiss.SearchParametersIVF(nprobe=int(self.params.get("nprobe", 1)), sel=selector)
             if self._refine is not None:
                 return faiss.IndexRefineSearchParameters(k_factor=float(self.params.get("k_factor", K_FACTOR)),
                                                          base_index_params=ivf_params), ivf_params
@@ -433,11 +466,12 @@ class VectorIndex:
         if self._index.ntotal == 0 or not len(queries):
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         params, keep = self._search_params()
-        if self._filter and self._idmap is not None:  # filter on internal labels, then translate them
-            scores, labels = self._inner.search(queries, k, params=params)
-            ids = np.where(labels >= 0, self._internal_ids()[np.maximum(labels, 0)], -1)
-        else:
-            scores, ids = self._index.search(queries, k, params=params)
+        with _threads(1 if len(queries) < SINGLE_THREAD_BELOW else None):
+            if self._idmap is not None and not self._removable:  # filter internal labels, then translate
+                scores, labels = self._inner.search(queries, k, params=params)
+                ids = np.where(labels >= 0, self._internal_ids()[np.maximum(labels, 0)], -1)
+            else:
+                scores, ids = self._index.search(queries, k, params=params)
         del keep
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32, copy=False)
         return scores, ids.astype(np.int64, copy=False)
@@ -462,21 +496,24 @@ class VectorIndex:
 
     @property
     def rebuild_reason(self) -> str | None:
-        """Why a rebuild from the store would be worth it now, or None."""
+        """Why a rebuild from the store would be worth it now, or None; see :attr:`needs_rebuild`."""
         stored = int(self._index.ntotal)
         if stored and len(self._dead) > TOMBSTONE_LIMIT * stored:
             return f"{len(self._dead):,} of {stored:,} stored vectors are removed ones"
-        if self._ivf is not None or self._hnsw is not None:
-            if len(self) > GROWTH_LIMIT * max(self.built_for, 1):
-                return f"the index was built for {self.built_for:,} vectors and holds {len(self):,}"
-            if self._ivf is not None and self.built_for >= 4 * EXACT_BELOW and len(self) < EXACT_BELOW:
-                return f"{len(self):,} vectors are few enough for exact search"
-        elif self._spec == "Flat" and len(self) >= EXACT_BELOW and len(self) > 2 * max(self.built_for, 1):
-            return f"{len(self):,} vectors are many for exact search"
+        grown = len(self) > GROWTH_LIMIT * max(self.built_for, 1)
+        if self._spec == "Flat":
+            if len(self) >= EXACT_BELOW and (self.built_for < EXACT_BELOW or grown):
+                return f"{len(self):,} vectors are many for exact search"
+        elif grown:
+            return f"the index was built for {self.built_for:,} vectors and holds {len(self):,}"
         return None
 
     @property
     def needs_rebuild(self) -> bool:
+        """Whether rebuilding from the store (``choose_spec`` for the current size, then ``build``) is worth
+        it: more than 20% of the stored vectors are tombstones; an approximate index holds more than 4× the
+        vectors it was trained and tuned for; or a Flat index has reached ``EXACT_BELOW`` vectors (having
+        been built for fewer, or grown 4× since)."""
         return self.rebuild_reason is not None
 
     def memory_bytes(self) -> int:
