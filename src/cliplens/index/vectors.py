@@ -6,18 +6,22 @@ SQLite stays the source of truth; this index is derived from it and can always b
 does; :class:`VectorIndex` builds it (training on a sample and tuning its search parameters for
 recall), updates it in place as images come and go, searches it, and saves it atomically.
 
-Kinds, measured on this machine (2 cores, 1M × 512 clustered vectors whose top-10 neighbours lie
-within 0.05 of cosine of each other, single queries, recall@10 against exact search):
+Kinds, measured on this machine (2 cores; 1M × 512 clustered vectors from
+``cliplens.bench.search.clustered_vectors``, whose 10 nearest neighbours lie within 0.05 of cosine
+of each other; single queries; recall@10 against exact search; MB = 2^20 bytes):
 
-==============================  =======  ========  ==================================
-index                           build    memory    recall@10, p50 of one query
-==============================  =======  ========  ==================================
-Flat (exact)                    1 s      2,056 MB  1.00, 199 ms (numpy matmul: the same)
-IVF4096,SQ8                     107 s    528 MB    0.93, 4.0 ms (nprobe 256);
-                                                   0.97, 7.8 ms (nprobe 512)
-HNSW32,SQ8 (cannot delete)      205 s    ~790 MB   0.90, 1.7 ms (efSearch 256)
-IVF2048,PQ128x4fs,Refine(SQ8)   30 s     592 MB    0.957, 1.6 ms (nprobe 256, k_factor 100)
-==============================  =======  ========  ==================================
+==============================  =======  ======  ==========================================
+index                           build    memory  recall@10, p50 of one query
+==============================  =======  ======  ==========================================
+Flat (exact)                    ~1 s     1,961   1.00, 190–200 ms (IndexFlatIP, or numpy
+                                                 matmul + argpartition)
+IVF4096,SQ8                     107 s    504     0.93, 4.0 ms (nprobe 256);
+                                                 0.97, 7.8 ms (nprobe 512)
+HNSW32,SQ8 (cannot delete)      205 s    ~760    0.90, 1.7 ms (efSearch 256)
+IVF2048,PQ128x4fs,Refine(SQ8)   45 s     569     0.96, 1.7 ms as build() tunes it (nprobe
+                                                 256, k_factor 64; build includes training on
+                                                 102k vectors and tuning)
+==============================  =======  ======  ==========================================
 
 So above ``exact_below`` vectors cliplens uses an IVF whose first stage scans 4-bit PQ codes with
 SIMD (fast scan) and whose candidates are re-ranked with 8-bit codes of the whole vector: the
@@ -155,7 +159,7 @@ def choose_spec(n: int, dim: int, *, memory_budget_mb: float | None = None, exac
 
       1. ``IVF…,PQ{d/4}x4fs,Refine(SQ8)``: a 4-bit PQ scanned with SIMD ("fast scan") picks
          candidates that are re-ranked with 8-bit codes of the whole vector: d/8 + d + 16 bytes a
-         vector, 592 MB at 1M × 512;
+         vector, 569 MB at 1M × 512;
       2. the same re-ranked with 6-bit codes (d/8 + 3d/4 + 16 bytes);
       3. ... with 4-bit codes (d/8 + d/2 + 16 bytes);
       4. the 4-bit PQ alone (d/8 + 16 bytes);
@@ -187,6 +191,8 @@ def choose_spec(n: int, dim: int, *, memory_budget_mb: float | None = None, exac
 
 def _as_vectors(vectors, dim: int, what: str) -> np.ndarray:
     array = np.asarray(vectors)
+    if array.size == 0 and array.ndim <= 2:  # no vectors, whatever shape an empty query gave them
+        return np.zeros((0, dim), np.float32)
     if array.ndim == 1 and array.size == dim:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != dim:
