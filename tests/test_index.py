@@ -299,3 +299,20 @@ def test_export_and_import_in_clip_retrieval_layout(built, photos, tmp_path):
     assert run.encoded == 0 and run.unchanged == 150
     with pytest.raises(DataError, match="img_emb"):
         import_embeddings(IndexStore(tmp_path / "fresh"), tmp_path / "nowhere", encoder)
+
+
+def test_a_file_moved_over_another_replaces_it(tmp_path):
+    folder = tmp_path / "photos"
+    write_demo_data(folder, 8, seed=SEED + 8)
+    index = tmp_path / "index"
+    update_index([folder], index, "demo", backend="torch")
+    first, second = sorted((folder / "images").rglob("*.png"))[:2]
+    os.replace(first, second)  # `mv first second`: second now holds first's bytes
+    run = update_index([folder], index, backend="torch")
+    assert (run.moved, run.encoded, run.removed) == (1, 0, 0)
+    store = IndexStore(index)
+    assert store.count() == 7 and str(first.resolve()) not in store.rows()
+    photo_index = PhotoIndex(index)
+    hits = photo_index.search(image=second, k=8).hits
+    assert hits[0].path == str(second.resolve()) and hits[0].score > 0.9999
+    assert len(photo_index) == 7  # the replaced file's old vector left the vector index too

@@ -227,7 +227,9 @@ class IndexStore:
             for path in removals:
                 self._remove(path, gen)
             for row_id, row in moves:
-                self.db.execute("DELETE FROM files WHERE path = ? AND id != ?", (row.path, row_id))
+                replaced = self.db.execute("SELECT id FROM files WHERE path = ? AND id != ?", (row.path, row_id)).fetchone()
+                if replaced is not None:  # the moved file took the place of another: that one's vector goes
+                    self._remove(row.path, gen)
                 self.db.execute("UPDATE files SET path = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
                                 (row.path, row.size, row.mtime_ns, now, row_id))
             for row in rows:
