@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .calibration import Calibration, CalibrationRun, calibrate
 from .classify import Classification, Classifier, LabelScore, classify
+from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images
 from .embed import ImageEmbeddings, embed_images, embed_texts, write_image_embeddings, write_text_embeddings
 from .errors import CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, UsageError
 from .images import expand_paths, load_image
@@ -32,6 +33,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cliplens' has no attribute {name!r}")
 
 __all__ = [
+    "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images",
     "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "search_index", "update_index",
     "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "Calibration", "CalibrationRun", "Classification", "Classifier", "CliplensError", "DataError", "Encoder", "ImageEmbeddings",
     "ImageLoadError", "ImagePreprocessor", "LabelScore", "LabelWarning", "ModelInfo", "ModelLoadError", "ModelNotFoundError",

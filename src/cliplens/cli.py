@@ -16,6 +16,7 @@ from rich.table import Table
 
 import cliplens
 from cliplens.cli_bench import bench_app
+from cliplens.cli_curate import register as register_curate_commands
 from cliplens.cli_index import register as register_index_commands
 from cliplens.cli_common import (BackendOpt, DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, command, emit_json, err,
                                  load_model_with_status, out, progress, rate_updater, state)
@@ -27,6 +28,7 @@ models_app = typer.Typer(help="List, download and locate models.", no_args_is_he
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 register_index_commands(app)
+register_curate_commands(app)
 
 @app.callback(invoke_without_command=True)
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),

@@ -16,10 +16,23 @@ class Pair:
 
     path: Path
     caption: str
+    references: tuple[str, ...] = ()  # reference captions, when the file has a ``references`` column
+
+
+REFERENCE_SEPARATOR = "|"
+
+
+def _references(value) -> tuple[str, ...]:
+    """A JSON list, or one CSV cell with captions separated by ``|``."""
+    items = value if isinstance(value, list) else str(value or "").split(REFERENCE_SEPARATOR)
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def read_pairs(path: str | Path, path_column: str = "path", caption_column: str = "caption") -> list[Pair]:
-    """Read a CSV (with a header) or JSONL pairs file; relative image paths resolve against the file's folder."""
+    """Read a CSV (with a header) or JSONL pairs file; relative image paths resolve against the file's folder.
+
+    An optional ``references`` column holds reference captions (a JSON list, or ``|``-separated in CSV).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such pairs file")
@@ -48,7 +61,8 @@ def read_pairs(path: str | Path, path_column: str = "path", caption_column: str 
         if not image or caption is None or not str(caption).strip():
             raise DataError(f"{path}:{lineno}: needs a non-empty {path_column!r} and {caption_column!r}")
         image_path = Path(image)
-        pairs.append(Pair(image_path if image_path.is_absolute() else base / image_path, str(caption).strip()))
+        pairs.append(Pair(image_path if image_path.is_absolute() else base / image_path, str(caption).strip(),
+                          _references(row.get("references"))))
     if not pairs:
         raise DataError(f"{path}: holds no pairs")
     return pairs

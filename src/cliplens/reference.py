@@ -117,3 +117,31 @@ def _words(text: str) -> frozenset[str]:
 def shared_vocabulary(labels: tuple[str, ...]) -> ReferenceVocabulary:
     """One vocabulary object per label list, so classifiers made one after another reuse its embeddings."""
     return ReferenceVocabulary(labels)
+
+
+def reranking_vocabulary(encoder: Encoder, rerank: bool | None = None) -> np.ndarray | None:
+    """The reference embeddings that ranking images against one text subtracts from, or None when off.
+
+    Images differ in how well they match *any* caption; ranking many images for one text by raw cosine
+    lets the ones that match everything fairly well ("hubs") crowd the top. Ranking by the text's
+    cosine less the image's best reference cosine (the same L − R the none-of-these detector reads)
+    asks instead how much better the text fits the image than its own best description does.
+
+    ``rerank=None`` (auto) turns this on when the model ships a calibration, whose classes say what its
+    images show (the demo model does); True uses that calibration's vocabulary or the ImageNet classes.
+    """
+    if rerank is False:
+        return None
+    from .calibration import default_calibration
+    from .prompts import imagenet_classes
+
+    calibration = default_calibration(encoder.info.path)
+    if calibration is None and rerank is None:
+        return None
+    labels = tuple(calibration.reference if calibration else imagenet_classes())
+    return shared_vocabulary(labels).for_model(encoder)[1]
+
+
+def reference_best(image_vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each image's best cosine with the reference embeddings."""
+    return (np.asarray(image_vectors, np.float32) @ reference.T).max(axis=1)

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from ..images import IMAGE_EXTENSIONS
 from ..models import Encoder, l2_normalize
+from ..reference import reference_best, reranking_vocabulary
 from .store import IndexStore
 from .sync import sync_vector_index, writer_lock
 
@@ -154,34 +155,16 @@ class PhotoIndex:
             raise UsageError("the query's terms cancel out")
         return l2_normalize(total[None])[0]
 
-    def reference_vectors(self, rerank: bool | None) -> np.ndarray | None:
-        """Reference caption embeddings for re-ranking, or None when re-ranking is off.
-
-        ``None`` (auto) re-ranks when the model ships a calibration, whose classes say what its images
-        show (the demo model does); True re-ranks with that calibration's vocabulary or the ImageNet classes.
-        """
-        if rerank is False:
-            return None
-        from ..calibration import default_calibration
-        from ..prompts import imagenet_classes
-        from ..reference import shared_vocabulary
-
-        calibration = default_calibration(self.encoder.info.path)
-        if calibration is None and rerank is None:
-            return None
-        labels = tuple(calibration.reference if calibration else imagenet_classes())
-        return shared_vocabulary(labels).for_model(self.encoder)[1]
-
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
                subtract: Sequence[str] = (), k: int = 10, threshold: float | None = None,
                rerank: bool | None = None) -> SearchResult:
         """The ``k`` files best matching the query (those scoring at least ``threshold``), best first.
 
-        Scores are cosine similarities. With re-ranking (``rerank``; see :meth:`reference_vectors`) the
-        best candidates by cosine are ordered by how much better the query fits each image than the image's
-        best reference caption does (the score is that difference, 0 when the query fits as well as the
-        image's own best description), which stops images that match every query fairly well
-        ("hubs") from crowding the top.
+        Scores are cosine similarities. With re-ranking (``rerank``; see
+        :func:`cliplens.reference.reranking_vocabulary`, on by default for models that ship a calibration) the
+        best candidates by cosine of a text query are ordered by how much better the query fits each image
+        than the image's best reference caption does; the score is then that difference (0: the query
+        fits as well as the image's own best description).
         """
         if k < 1:
             raise UsageError(f"-k {k}: must be at least 1")
@@ -194,13 +177,14 @@ class PhotoIndex:
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
         vector = self.query_vector(terms)
-        reference = self.reference_vectors(rerank) if not any(t.is_image for t in terms) else None
+        text_only = not any(t.is_image for t in terms)  # an example image needs no re-ranking
+        reference = reranking_vocabulary(self.encoder, rerank) if text_only else None
         pool = k if reference is None else max(10 * k, RERANK_POOL)
         scores, ids = self.vectors.search(vector[None], min(pool, len(self.vectors)))
         scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
         if reference is not None and len(ids):
             found, candidates = self.store.vectors(ids)
-            best = dict(zip(found.tolist(), (candidates @ reference.T).max(axis=1)))
+            best = dict(zip(found.tolist(), reference_best(candidates, reference)))
             keep = np.array([int(i) in best for i in ids])
             scores, ids = scores[keep], ids[keep]
             scores = scores - np.array([best[int(i)] for i in ids], np.float32)

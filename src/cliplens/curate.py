@@ -1,0 +1,153 @@
+"""CLIP as curator: ranking many images for one prompt, and scoring image–caption pairs with CLIPScore.
+
+Ranking is what OpenAI did to rerank DALL·E samples: the images' cosine similarity to the prompt,
+best first. With negative prompts, each image's score is its similarity to the prompt minus its
+highest similarity to a negative, so an image that matches what is unwanted drops.
+
+CLIPScore (Hessel et al., 2021) is ``w · max(cos(image, "A photo depicts " + caption), 0)`` with
+``w = 2.5``; RefCLIPScore is the harmonic mean of CLIPScore and ``w · max(max_r cos(caption, r), 0)``
+over the reference captions ``r``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .embed import ProgressFn, embed_images
+from .errors import ImageLoadError, UsageError
+from .images import ImageSource, source_name
+from .models import Encoder, as_encoder
+from .pairs import Pair
+from .reference import reference_best, reranking_vocabulary
+
+CLIPSCORE_W = 2.5
+CLIPSCORE_PREFIX = "A photo depicts "
+
+
+@dataclass
+class Scored:
+    path: str
+    score: float
+
+
+@dataclass
+class Ranking:
+    """Images best first for a prompt, and the ones that could not be read."""
+
+    prompt: str
+    results: list[Scored]
+    errors: list[ImageLoadError] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "results": [{"path": r.path, "score": r.score} for r in self.results]}
+
+
+def rank_images(prompt: str, images: Iterable[ImageSource], model: Encoder | str | None = None, *,
+                negative: Sequence[str] = (), top: int | None = None, batch_size: int | None = None,
+                workers: int | None = None, on_progress: ProgressFn | None = None,
+                rerank: bool | None = None) -> Ranking:
+    """Order ``images`` by how well they match ``prompt`` (less their best match to a ``negative``).
+
+    Scores are cosines; with re-ranking (see :func:`cliplens.reference.reranking_vocabulary`; by default on
+    for models that ship a calibration) each score is further less the image's best reference cosine.
+    """
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    if top is not None and top < 1:
+        raise UsageError(f"--top {top}: must be at least 1")
+    encoder = as_encoder(model)
+    embedded = embed_images(list(images), encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
+    if not embedded.sources:
+        return Ranking(prompt, [], embedded.errors)
+    texts = encoder.encode_texts([prompt, *negative])
+    scores = embedded.vectors @ texts[0]
+    if negative:
+        scores = scores - (embedded.vectors @ texts[1:].T).max(axis=1)
+    reference = reranking_vocabulary(encoder, rerank)
+    if reference is not None:
+        scores = scores - reference_best(embedded.vectors, reference)
+    order = np.argsort(-scores, kind="stable")[:top]
+    return Ranking(prompt, [Scored(embedded.sources[i], float(scores[i])) for i in order], embedded.errors)
+
+
+def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:
+    """Copy the ranked files into ``out`` as ``001_name.ext``, ``002_…`` (rank first, so names never clash)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for rank, result in enumerate(ranking.results, 1):
+        source = Path(result.path)
+        if not source.is_file():
+            raise UsageError(f"--copy-to: {result.path} is not a file that can be copied")
+        target = out / f"{rank:03d}_{source.name}"
+        shutil.copy2(source, target)
+        copied.append(target)
+    return copied
+
+
+@dataclass
+class PairScore:
+    path: str
+    caption: str
+    clip_score: float
+    ref_clip_score: float | None = None
+
+    def to_dict(self) -> dict:
+        row = {"path": self.path, "caption": self.caption, "clip_score": self.clip_score}
+        if self.ref_clip_score is not None:
+            row["ref_clip_score"] = self.ref_clip_score
+        return row
+
+
+@dataclass
+class PairScores:
+    model: str
+    results: list[PairScore]
+    errors: list[ImageLoadError] = field(default_factory=list)
+
+    @property
+    def clip_score(self) -> float:
+        return float(np.mean([r.clip_score for r in self.results])) if self.results else float("nan")
+
+    @property
+    def ref_clip_score(self) -> float | None:
+        refs = [r.ref_clip_score for r in self.results if r.ref_clip_score is not None]
+        return float(np.mean(refs)) if refs else None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "pairs": len(self.results), "failed": len(self.errors),
+                "clip_score": self.clip_score, "ref_clip_score": self.ref_clip_score,
+                "results": [r.to_dict() for r in self.results]}
+
+
+def clip_scores(pairs: Sequence[Pair], model: Encoder | str | None = None, *, w: float = CLIPSCORE_W,
+                prefix: str = CLIPSCORE_PREFIX, batch_size: int | None = None, workers: int | None = None,
+                on_progress: ProgressFn | None = None) -> PairScores:
+    """CLIPScore per pair (and RefCLIPScore for pairs with reference captions); unreadable images are skipped."""
+    encoder = as_encoder(model)
+    embedded = embed_images([p.path for p in pairs], encoder, batch_size=batch_size, workers=workers,
+                            on_progress=on_progress)
+    by_source = {name: i for i, name in enumerate(embedded.sources)}
+    kept = [p for p in pairs if source_name(p.path) in by_source]
+    if not kept:
+        return PairScores(encoder.name, [], embedded.errors)
+    images = embedded.vectors[[by_source[source_name(p.path)] for p in kept]]
+    captions = encoder.encode_texts([prefix + p.caption for p in kept])
+    scores = w * np.maximum(np.sum(images * captions, axis=1), 0)
+    references = [r for p in kept for r in p.references]
+    ref_vectors = encoder.encode_texts([prefix + r for r in references]) if references else None
+    results, start = [], 0
+    for i, pair in enumerate(kept):
+        ref = None
+        if pair.references:
+            block = ref_vectors[start : start + len(pair.references)]
+            start += len(pair.references)
+            text_score = w * max(float(np.max(block @ captions[i])), 0.0)
+            ref = 0.0 if scores[i] + text_score == 0 else float(2 * scores[i] * text_score / (scores[i] + text_score))
+        results.append(PairScore(str(pair.path), pair.caption, float(scores[i]), ref))
+    return PairScores(encoder.name, results, embedded.errors)
