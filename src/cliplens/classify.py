@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .calibration import Calibration, FitDetector, default_calibration
-from .embed import iter_image_batches
+from .embed import default_workers, iter_image_batches
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
 from .models import Encoder, as_encoder
@@ -171,7 +171,7 @@ class Classifier:
         """Classify images in input order, yielding a result or the :class:`ImageLoadError` of each."""
         images = list(images)
         batch_size = batch_size or self.encoder.image_batch_size
-        workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+        workers = workers if workers is not None else default_workers()
         done = 0
         for batch in iter_image_batches(images, self.encoder, batch_size, workers):
             ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]

@@ -62,7 +62,8 @@ class _Seen:
     error: ImageLoadError | None = None
 
 
-def file_sha256(path: str) -> tuple[str, bytes]:
+def _read_hashed(path: str) -> tuple[str, bytes]:
+    """A file's SHA-256 and its bytes (decoded from memory afterwards, so the file is read once)."""
     data = Path(path).read_bytes()
     return hashlib.sha256(data).hexdigest(), data
 
@@ -109,7 +110,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         """Hash a changed or new file and, unless its content is known (or ``decode`` is off), decode it."""
         seen = todo[i]
         try:
-            seen.sha256, data = file_sha256(seen.path)
+            seen.sha256, data = _read_hashed(seen.path)
         except OSError as exc:
             seen.error = ImageLoadError(seen.path, f"unreadable ({exc.strerror or exc})")
             return seen

@@ -115,11 +115,13 @@ class PhotoIndex:
             from ..models import resolve_model_dir
 
             self.store.check_model(model, model_content_hash(resolve_model_dir(model)), action="search it")
+        from filelock import Timeout
+
         lock = writer_lock(self.store)
         try:  # save the caught-up vector index only when no indexing run is writing it
             lock.acquire()
             saving = True
-        except Exception:  # noqa: BLE001 - filelock.Timeout: an indexing run holds it
+        except Timeout:
             saving = False
         try:
             self.vectors = sync_vector_index(self.store, save=saving)
