@@ -5,7 +5,10 @@ The public API below is what the command line, the HTTP service and the web page
 
 from __future__ import annotations
 
+from .bank_calibration import BankFit, calibrate_bank
+from .banks import LabelBank, builtin_bank_names, read_bank, resolve_banks
 from .calibration import Calibration, CalibrationRun, calibrate
+from .caption import Caption, CaptionLabel, Captioner, caption
 from .classify import Classification, Classifier, LabelScore, classify
 from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images
 from .embed import ImageEmbeddings, embed_images, embed_texts, write_image_embeddings, write_text_embeddings
@@ -33,6 +36,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cliplens' has no attribute {name!r}")
 
 __all__ = [
+    "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank", "caption",
+    "read_bank", "resolve_banks",
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images",
     "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "search_index", "update_index",
     "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "Calibration", "CalibrationRun", "Classification", "Classifier", "CliplensError", "DataError", "Encoder", "ImageEmbeddings",

@@ -16,6 +16,7 @@ from rich.table import Table
 
 import cliplens
 from cliplens.cli_bench import bench_app
+from cliplens.cli_caption import register as register_caption_commands
 from cliplens.cli_curate import register as register_curate_commands
 from cliplens.cli_index import register as register_index_commands
 from cliplens.cli_common import (BackendOpt, DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, command, emit_json, err,
@@ -29,6 +30,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 register_index_commands(app)
 register_curate_commands(app)
+register_caption_commands(app)
 
 @app.callback(invoke_without_command=True)
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
@@ -268,6 +270,8 @@ def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output fold
               seed: int = typer.Option(0, "--seed"), size: int = typer.Option(64, "--size", min=16, help="Image side in pixels."),
               mixed: float = typer.Option(0.0, "--mixed", min=0.0, max=1.0,
                                           help="Share of images holding two different shapes."),
+              words: float = typer.Option(0.0, "--words", min=0.0, max=1.0,
+                                          help="Share of images with a shape or colour name written on a sign."),
               as_json: bool = JsonOpt) -> None:
     """Write synthetic shape images and a pairs.csv of natural captions (the demo model's domain)."""
     from cliplens.demo_data import write_demo_data
@@ -275,10 +279,10 @@ def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", help="Output fold
     with progress("generating") as bar:
         task = bar.add_task("generating", total=n, rate="")
         update = rate_updater(bar, task, "img")
-        pairs = write_demo_data(out_dir, n, seed=seed, size=size, mixed=mixed,
+        pairs = write_demo_data(out_dir, n, seed=seed, size=size, mixed=mixed, words=words,
                                 on_progress=lambda done: update(done, n))
     if as_json:
-        emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed})
+        emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed, "words": words})
     else:
         err.print(f"wrote {n} pairs → {pairs}")
 

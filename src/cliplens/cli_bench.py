@@ -258,3 +258,44 @@ def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", min=1, help
               f"numpy brute force  {result.bruteforce_qps:,.1f} queries/s; ratio {result.ratio:,.1f}×  ({_machine()})",
               highlight=False)
     err.print(built, highlight=False)
+
+
+@bench_app.command("caption")
+@command
+def bench_caption(labels: int = typer.Option(10_000, "--labels", min=1, help="Labels in all banks (general banks plus generated ones)."),
+                  runs: int = typer.Option(20, "--runs", min=1, help="Warm calls timed per measurement."),
+                  image: Optional[Path] = typer.Option(None, "--image", help="Image to caption (default: a generated 3000×2000 JPEG)."),
+                  model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                  precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """A warm caption call against encoding the image alone, with banks of many labels (target: ≤ +50 ms)."""
+    from cliplens.bench.caption import time_caption
+
+    name, folder, note = _bench_model(model)
+    target = image if image is not None else _photos(None, 1)[0]
+    if not target.is_file():
+        raise UsageError(f"--image {target}: no such file")
+    encoder = load_model_with_status(str(folder), None, backend, precision)
+    with progress("embedding banks (once; cached)", unit="texts") as bar:
+        tasks: dict[str, object] = {}
+
+        def on_progress(bank: str, done: int, total: int) -> None:
+            if bank not in tasks:
+                tasks[bank] = bar.add_task(f"bank {bank}", total=total, rate="")
+            bar.update(tasks[bank], completed=done, total=total)
+
+        timing = time_caption(encoder, target, labels=labels, runs=runs, on_progress=on_progress)
+    figures = {"model": name, "backend": encoder.info.backend, "precision": encoder.info.precision,
+               "labels": timing.labels, "banks": timing.banks, "runs": timing.runs,
+               "encode_ms": round(timing.encode_ms, 2), "caption_ms": round(timing.caption_ms, 2),
+               "overhead_ms": round(timing.overhead_ms, 2), "scoring_ms": round(timing.scoring_ms, 2)}
+    if as_json:
+        emit_json(figures)
+    else:
+        out.print(f"encode image                {timing.encode_ms:8.1f} ms\n"
+                  f"caption (encode + banks)    {timing.caption_ms:8.1f} ms\n"
+                  f"overhead                    {timing.overhead_ms:8.1f} ms  (target ≤ 50)\n"
+                  f"scoring an embedded image   {timing.scoring_ms:8.1f} ms\n"
+                  f"({timing.labels} labels in {timing.banks} banks, median of {timing.runs} warm calls, "
+                  f"{encoder.info.backend} {encoder.info.precision}, {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)

@@ -24,7 +24,7 @@ def class_name(folder: str) -> str:
     return folder.replace("_", " ").strip()
 
 
-def read_labelled_images(source: str | Path) -> LabelledImages:
+def read_labelled_images(source: str | Path, label_column: str = "label") -> LabelledImages:
     """Read a dataset: a folder whose sub-folders are the classes, or a CSV/JSONL with path and label columns."""
     source = Path(source)
     if source.is_dir():
@@ -39,7 +39,7 @@ def read_labelled_images(source: str | Path) -> LabelledImages:
             labels += [label] * len(found)
         classes = list(dict.fromkeys(labels))
     elif source.is_file():
-        pairs = read_pairs(source, caption_column="label")
+        pairs = read_pairs(source, caption_column=label_column)
         paths = [p.path for p in pairs]
         labels = [p.caption for p in pairs]
         classes = list(dict.fromkeys(labels))

@@ -51,6 +51,8 @@ class ReferenceVocabulary:
         self.labels = list(dict.fromkeys(labels))
         self.template = template
         self._for_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> (labels, vectors)
+        self.encoded_texts = 0  # texts this vocabulary has had to encode (not found in the disk cache)
+        self._postings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> {word: indices}
 
     def for_model(self, encoder: Encoder) -> tuple[list[str], np.ndarray]:
         """The reference labels this model can read and their normalised embeddings."""
@@ -75,6 +77,7 @@ class ReferenceVocabulary:
             with warnings.catch_warnings():  # a truncated reference caption is not the user's concern
                 warnings.simplefilter("ignore", TextTruncatedWarning)
                 vectors = label_embeddings(encoder, labels, [self.template])
+            self.encoded_texts += len(labels)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
@@ -86,16 +89,41 @@ class ReferenceVocabulary:
         self._for_model[encoder] = (labels, vectors)
         return labels, vectors
 
-    def kept_for(self, encoder: Encoder, labels: Sequence[str]) -> np.ndarray:
-        """Which reference captions judge each label (K, M): all but those holding every word of it.
+    def containing(self, encoder: Encoder, label: str) -> np.ndarray:
+        """Indices of the reference captions holding every word of ``label`` (articles aside).
 
-        A reference caption holding every word of a label ("red circle", "tabby cat") is a more specific
-        form of it ("circle", "cat"), so it says nothing against that label and is left out for it.
+        Such a caption ("red circle", "tabby cat") is a more specific form of the label ("a circle",
+        "cat"), so it says nothing against that label and is left out when judging it.
+        """
+        names, _ = self.for_model(encoder)
+        postings = self._postings.get(encoder)
+        if postings is None:
+            postings = {}
+            for i, name in enumerate(names):
+                for word in _words(name):
+                    postings.setdefault(word, []).append(i)
+            postings = self._postings[encoder] = {w: np.array(ids) for w, ids in postings.items()}
+        words = _words(label)
+        if not words:
+            return np.zeros(0, dtype=int)
+        found = None
+        for word in words:
+            ids = postings.get(word)
+            if ids is None:
+                return np.zeros(0, dtype=int)
+            found = ids if found is None else np.intersect1d(found, ids, assume_unique=True)
+        return found
+
+    def kept_for(self, encoder: Encoder, labels: Sequence[str]) -> np.ndarray:
+        """Which reference captions judge each label (K, M): all but those :meth:`containing` it.
+
         Compute this once per label set; :meth:`best_for_labels` takes it for every batch.
         """
         names, _ = self.for_model(encoder)
-        reference_words = [_words(name) for name in names]
-        return np.array([[not _words(label) <= ref for ref in reference_words] for label in labels], dtype=bool)
+        kept = np.ones((len(labels), len(names)), dtype=bool)
+        for k, label in enumerate(labels):
+            kept[k, self.containing(encoder, label)] = False
+        return kept
 
     def best_for_labels(self, encoder: Encoder, image_vectors: np.ndarray, kept: np.ndarray
                         ) -> tuple[np.ndarray, list[str]]:
@@ -109,8 +137,11 @@ class ReferenceVocabulary:
         return best, [names[i] for i in sims.argmax(axis=1)]
 
 
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
 def _words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"[a-z0-9]+", text.lower()))
+    return frozenset(re.findall(r"[a-z0-9]+", text.lower())) - _ARTICLES
 
 
 @lru_cache(maxsize=8)

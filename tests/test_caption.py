@@ -1,0 +1,198 @@
+"""Captions from label banks on the demo model: right labels, honest silence, the typographic guard, caching."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cliplens
+from cliplens.bank_calibration import calibrate_bank, fit_threshold
+from cliplens.banks import LabelBank, builtin_bank
+from cliplens.caption import Captioner, typographic_suspects
+from cliplens.demo_data import COLOURS, SHAPES, generate, random_scene, render_scene
+
+HELD_OUT_SEED = 20261122
+EXAMPLES = Path(cliplens.__file__).parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def captioner(demo_model):
+    return Captioner(demo_model)
+
+
+@pytest.fixture(scope="module")
+def held_out(demo_model):
+    samples = list(generate(200, seed=HELD_OUT_SEED))
+    return samples, demo_model.encode_images([s.image for s in samples])
+
+
+def _named(caption, bank: str) -> list[str]:
+    return [c.label.split()[-1] for c in caption.banks[bank] if not c.typographic_suspect]
+
+
+def test_captions_name_the_right_shape_and_colour(captioner, held_out):
+    samples, vectors = held_out
+    captions = [captioner.caption_vector(v, f"img{i}") for i, v in enumerate(vectors)]
+    shape_right = np.mean([s.scene.shape in _named(c, "demo_shapes") for s, c in zip(samples, captions)])
+    colour_right = np.mean([s.scene.colour in _named(c, "demo_colours") for s, c in zip(samples, captions)])
+    shape_wrong = np.mean([bool(set(_named(c, "demo_shapes")) - {s.scene.shape}) for s, c in zip(samples, captions)])
+    colour_wrong = np.mean([bool(set(_named(c, "demo_colours")) - {s.scene.colour}) for s, c in zip(samples, captions)])
+    print(f"shape named {shape_right:.3f} (a wrong one {shape_wrong:.3f}); "
+          f"colour named {colour_right:.3f} (a wrong one {colour_wrong:.3f})")
+    assert shape_right >= 0.85 and colour_right >= 0.85
+    assert shape_wrong <= 0.10 and colour_wrong <= 0.10
+    first = captions[0]
+    scene = samples[0].scene
+    assert f"a {scene.shape}" in first.caption and scene.colour in first.caption
+    assert first.llm() == f"[Image Attached: {first.caption}]"
+
+
+def test_a_bank_with_no_fitting_label_contributes_nothing(demo_model, held_out):
+    samples, vectors = held_out
+    demo_shapes, demo_colours = builtin_bank("demo_shapes"), builtin_bank("demo_colours")
+    spoke = 0
+    for sample, vector in zip(samples[:100], vectors[:100]):
+        wrong_shapes = replace(demo_shapes, name="other_shapes",
+                               labels=tuple(label for label in demo_shapes.labels if label != f"a {sample.scene.shape}"))
+        wrong_colours = replace(demo_colours, name="other_colours",
+                                labels=tuple(label for label in demo_colours.labels if label != sample.scene.colour))
+        caption = Captioner(demo_model, [wrong_shapes, wrong_colours]).caption_vector(vector)
+        spoke += bool(caption.banks["other_shapes"]) + bool(caption.banks["other_colours"])
+        if not caption.banks["other_shapes"]:
+            assert "Image with" not in caption.caption  # its sentence is left out, not written empty
+    print(f"banks without the right label kept one in {spoke} of 200 cases")
+    assert spoke <= 10
+
+
+def test_typographic_guard_marks_a_word_that_contradicts_the_picture(demo_model):
+    captioner = Captioner(demo_model, ["demo_shapes"])
+    keeper = Captioner(demo_model, ["demo_shapes"], keep_typographic=True)
+    rng = random.Random(11)
+    marked = clean_marked = kept_in_sentence = 0
+    trials = 60
+    for _ in range(trials):
+        scene = random_scene(rng)
+        word = rng.choice([s for s in SHAPES if s != scene.shape])
+        vector = demo_model.encode_images([render_scene(replace(scene, word=word), rng)])[0]
+        judged = {c.label: c for c in captioner.judge(vector, "demo_shapes")}
+        marked += judged[f"a {word}"].typographic_suspect
+        clean = demo_model.encode_images([render_scene(scene, rng)])[0]
+        clean_marked += any(c.typographic_suspect for c in captioner.judge(clean, "demo_shapes"))
+        caption = captioner.caption_vector(vector)
+        suspects = [c.label for c in caption.banks["demo_shapes"] if c.typographic_suspect]
+        assert not any(label in caption.caption for label in suspects)
+        kept = keeper.caption_vector(vector)
+        kept_in_sentence += any(c.typographic_suspect and c.label in kept.caption for c in kept.banks["demo_shapes"])
+    print(f"written word marked {marked}/{trials}; a label of the clean picture marked {clean_marked}/{trials}")
+    assert marked >= 0.8 * trials
+    assert clean_marked <= 0.1 * trials
+    assert kept_in_sentence > 0  # --keep-typographic keeps them in the sentence, still marked
+
+
+def test_the_guard_reads_relative_to_the_other_candidates():
+    visual = np.array([0.30, 0.28, 0.20])
+    assert typographic_suspects(visual, np.array([0.50, 0.50, 0.50])).tolist() == [False, False, False]
+    assert typographic_suspects(visual, np.array([0.45, 0.60, 0.45])).tolist() == [False, True, False]
+
+
+def test_a_second_run_encodes_no_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def counting(encoder):
+        original = encoder.encode_texts
+        encoder.encode_texts = lambda texts: calls.append(len(list(texts))) or original(texts)
+        return encoder
+
+    first = Captioner(counting(cliplens.load_model("demo", device="cpu", backend="torch", cache=False)))
+    assert first.texts_encoded == sum(calls) > 0
+    calls.clear()
+    second = Captioner(counting(cliplens.load_model("demo", device="cpu", backend="torch", cache=False)))
+    assert calls == [] and second.texts_encoded == 0
+    image = EXAMPLES / "blue-star.png"
+    assert second.caption(image) == first.caption(image)
+
+
+def test_refine_stays_in_its_time_budget_and_never_lowers_the_caption_score(captioner, held_out):
+    _, vectors = held_out
+    for vector in vectors[:5]:
+        plain = captioner.caption_vector(vector)
+        start = time.monotonic()
+        refined = captioner.caption_vector(vector, refine=True, refine_seconds=0.5)
+        assert time.monotonic() - start < 0.5 + 1.0  # one batch of variants may finish after the deadline
+        if plain.caption:
+            before, after = captioner.encoder.encode_texts([plain.caption, refined.caption]) @ vector
+            assert after >= before - 1e-6
+
+
+def test_fit_threshold_maximises_f1():
+    probs = np.array([[0.9], [0.8], [0.3], [0.2]])
+    right = np.array([[True], [True], [False], [True]])
+    threshold, precision, recall, f1 = fit_threshold(probs, right, in_bank=3)
+    assert threshold == pytest.approx(0.2) and precision == 0.75 and recall == 1.0
+    right = np.array([[True], [True], [False], [False]])
+    threshold, precision, recall, f1 = fit_threshold(probs, right, in_bank=2)
+    assert threshold == pytest.approx(0.8) and precision == recall == f1 == 1.0
+
+
+def test_calibrate_bank_on_labelled_demo_images(demo_model, tmp_path):
+    from cliplens.demo_data import write_demo_data
+
+    pairs = write_demo_data(tmp_path / "data", 120, seed=3)
+    fit = calibrate_bank(builtin_bank("demo_colours"), pairs, demo_model, column="colour")
+    assert fit.images == 120 and fit.in_bank == 120
+    assert 0.0 <= fit.bank.threshold <= 1.0 and fit.f1 > 0.8
+    with pytest.raises(cliplens.DataError, match="no image is labelled"):
+        calibrate_bank(builtin_bank("demo_shapes"), pairs, demo_model, column="shape")  # "circle" is not "a circle"
+    assert calibrate_bank(builtin_bank("demo_shapes"), pairs, demo_model, column="shape", label_format="a {}").f1 > 0.8
+
+
+def _cli(*args, env: dict | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cliplens.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_caption_command_formats_and_bad_input(tmp_path):
+    star = str(EXAMPLES / "blue-star.png")
+    proc = _cli("caption", star, "--model", "demo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) == {"image", "caption", "banks"} and data["image"] == star
+    assert list(data["banks"]) == ["demo_shapes", "demo_colours", "demo_backgrounds"]
+    for labels in data["banks"].values():
+        for label in labels:
+            assert set(label) == {"label", "score", "typographic_suspect"}
+    assert "star" in data["caption"] and "blue" in data["caption"]
+    proc = _cli("caption", star, "--model", "demo")
+    assert proc.stdout == f"[Image Attached: {data['caption']}]\n"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    proc = _cli("caption", star, str(bad), str(EXAMPLES / "two-red-circles.png"), "--model", "demo", "-f", "json")
+    assert proc.returncode == 1 and "bad.png" in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]  # JSONL: the good images are all there
+    assert [Path(d["image"]).name for d in lines] == ["blue-star.png", "two-red-circles.png"]
+    proc = _cli("caption", star, "--model", "demo", "--banks", "nope")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown bank 'nope'" in proc.stderr
+
+
+def test_banks_commands(tmp_path):
+    proc = _cli("banks", "list", "--model", "demo", "--json")
+    listed = {b["name"]: b for b in json.loads(proc.stdout)}
+    assert listed["objects"]["labels"] >= 1000 and listed["demo_shapes"]["default"] and not listed["objects"]["default"]
+    proc = _cli("banks", "show", "demo_colours")
+    assert proc.stdout.startswith("# name: demo_colours") and "\nred\n" in proc.stdout
+    cache = {"CLIPLENS_CACHE_DIR": str(tmp_path / "cache")}
+    first = _cli("banks", "build", "--model", "demo", "--json", env=cache)
+    second = _cli("banks", "build", "--model", "demo", "--json", env=cache)
+    assert json.loads(first.stdout)["texts_encoded"] > 0, first.stderr
+    assert json.loads(second.stdout)["texts_encoded"] == 0
