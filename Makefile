@@ -26,8 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Reproduces the bundled demo model (about 75 minutes on a 2-core CPU): training from scratch on
-# one-shape images, fine-tuning on a mix with two-shape images, then calibrating on separate images.
+# Reproduces the bundled demo model (about 100 minutes on a 2-core CPU): training from scratch on
+# one-shape images, fine-tuning on a mix with two-shape images, then on a mix with words written on
+# signs, then calibrating the model and its caption banks on separate images.
 DEMO_FILES := config.json model.safetensors tokenizer.json tokenizer_config.json preprocessor_config.json
 demo-model: $(STAMP)
 	$(BIN)/cliplens demo-data --out build/demo-data -n 200000 --seed 0
@@ -36,10 +37,19 @@ demo-model: $(STAMP)
 	$(BIN)/cliplens demo-data --out build/demo-mixed -n 100000 --seed 1 --mixed 0.5
 	$(BIN)/cliplens train build/demo-mixed/pairs.csv --out build/demo-model --init build/demo-model-base \
 		--steps 2500 --batch-size 128 --lr 8e-4 --seed 0 --save-every 500
+	$(BIN)/cliplens demo-data --out build/demo-words -n 100000 --seed 2 --mixed 0.25 --words 0.5
+	$(BIN)/cliplens train build/demo-words/pairs.csv --out build/demo-model-words --init build/demo-model \
+		--steps 2000 --batch-size 128 --lr 1e-3 --seed 0 --save-every 500
 	mkdir -p src/cliplens/models/demo
-	cd build/demo-model && cp $(DEMO_FILES) ../../src/cliplens/models/demo/
+	cd build/demo-model-words && cp $(DEMO_FILES) ../../src/cliplens/models/demo/
 	$(BIN)/cliplens demo-data --out build/demo-calib -n 2000 --seed 7
 	$(BIN)/cliplens calibrate build/demo-calib/pairs.csv --model demo --out src/cliplens/models/demo/cliplens_calibration.json
+	$(BIN)/cliplens banks calibrate demo_shapes build/demo-calib/pairs.csv --column shape --label-format "a {}" \
+		--model demo --backend torch --out src/cliplens/data/banks/demo_shapes.txt
+	$(BIN)/cliplens banks calibrate demo_colours build/demo-calib/pairs.csv --column colour \
+		--model demo --backend torch --out src/cliplens/data/banks/demo_colours.txt
+	$(BIN)/cliplens banks calibrate demo_backgrounds build/demo-calib/pairs.csv --column background \
+		--model demo --backend torch --out src/cliplens/data/banks/demo_backgrounds.txt
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import cliplens
-from cliplens.bank_calibration import calibrate_bank, fit_threshold
+from cliplens.bank_calibration import calibrate_bank, kept_quality
+from cliplens.calibration import fit_platt
 from cliplens.banks import LabelBank, builtin_bank
 from cliplens.caption import Captioner, typographic_suspects
 from cliplens.demo_data import COLOURS, SHAPES, generate, random_scene, render_scene
@@ -134,14 +135,15 @@ def test_refine_stays_in_its_time_budget_and_never_lowers_the_caption_score(capt
             assert after >= before - 1e-6
 
 
-def test_fit_threshold_maximises_f1():
-    probs = np.array([[0.9], [0.8], [0.3], [0.2]])
-    right = np.array([[True], [True], [False], [True]])
-    threshold, precision, recall, f1 = fit_threshold(probs, right, in_bank=3)
-    assert threshold == pytest.approx(0.2) and precision == 0.75 and recall == 1.0
-    right = np.array([[True], [True], [False], [False]])
-    threshold, precision, recall, f1 = fit_threshold(probs, right, in_bank=2)
-    assert threshold == pytest.approx(0.8) and precision == recall == f1 == 1.0
+def test_platt_scaling_recovers_a_known_curve_and_kept_quality_counts_top_k():
+    rng = np.random.default_rng(0)
+    z, m = rng.normal(0, 3, 20000), rng.normal(0, 0.1, 20000)
+    fits = rng.random(20000) < 1 / (1 + np.exp(-(1.5 + 0.5 * z + 20 * m)))
+    a, b, c = fit_platt(z, m, fits)
+    assert a == pytest.approx(1.5, abs=0.15) and b == pytest.approx(0.5, abs=0.05) and c == pytest.approx(20, abs=2)
+    bank = LabelBank("x", ("a", "b"), top_k=1, threshold=0.5)
+    judged = [[(0.9, True), (0.8, False)], [(0.7, False)], [(0.2, True)]]
+    assert kept_quality(judged, bank, in_bank=2) == (0.5, 0.5, 0.5)
 
 
 def test_calibrate_bank_on_labelled_demo_images(demo_model, tmp_path):
@@ -150,7 +152,10 @@ def test_calibrate_bank_on_labelled_demo_images(demo_model, tmp_path):
     pairs = write_demo_data(tmp_path / "data", 120, seed=3)
     fit = calibrate_bank(builtin_bank("demo_colours"), pairs, demo_model, column="colour")
     assert fit.images == 120 and fit.in_bank == 120
-    assert 0.0 <= fit.bank.threshold <= 1.0 and fit.f1 > 0.8
+    assert fit.bank.calibration != (0.0, 1.0, 0.0) and fit.f1 > 0.8
+    from cliplens.banks import parse_bank
+
+    assert parse_bank(fit.bank.to_text()).calibration == fit.bank.calibration
     with pytest.raises(cliplens.DataError, match="no image is labelled"):
         calibrate_bank(builtin_bank("demo_shapes"), pairs, demo_model, column="shape")  # "circle" is not "a circle"
     assert calibrate_bank(builtin_bank("demo_shapes"), pairs, demo_model, column="shape", label_format="a {}").f1 > 0.8

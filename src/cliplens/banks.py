@@ -7,7 +7,8 @@ A bank file is plain text, one label per line, after a small ``#`` header::
     # template: Image with {} in it.
     # prompts: a photo of {}. | a picture of {}.     (optional: what is scored; the template by default)
     # top_k: 3                                         (optional: keep at most this many labels; 1)
-    # threshold: 0.5                                   (optional: the least calibrated probability of fitting)
+    # threshold: 0.5                                   (optional: the least probability of fitting to keep)
+    # calibration: -1.2 0.8 40                         (optional: fitted by `cliplens banks calibrate`)
     a dog
     a cat
 
@@ -30,7 +31,7 @@ from .errors import DataError, UsageError
 #: The default banks of models that name none: what a chatbot wants to know about a photo.
 GENERAL_BANKS = ("objects", "places", "mediums", "styles", "people", "time_weather", "colours")
 DEFAULT_BANKS_FILE = "cliplens_banks.txt"  # beside a model's weights: its default banks, one per line
-_HEADER_KEYS = ("name", "description", "template", "prompts", "top_k", "threshold")
+_HEADER_KEYS = ("name", "description", "template", "prompts", "top_k", "threshold", "calibration")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class LabelBank:
     prompts: tuple[str, ...] = ()  # empty: the template is the prompt
     top_k: int = 1
     threshold: float = 0.5
+    # P(fits) = sigmoid(a + b · the detector's log-odds + c · the label's similarity margin over the rest of the bank)
+    calibration: tuple[float, float, float] = (0.0, 1.0, 0.0)
     description: str = ""
     source: str = field(default="", compare=False)
 
@@ -76,7 +79,9 @@ class LabelBank:
         header.append(f"# template: {self.template}")
         if self.prompts:
             header.append(f"# prompts: {' | '.join(self.prompts)}")
-        header += [f"# top_k: {self.top_k}", f"# threshold: {self.threshold:.4g}"]
+        header += [f"# top_k: {self.top_k}", f"# threshold: {self.threshold:g}"]
+        if self.calibration != (0.0, 1.0, 0.0):
+            header.append("# calibration: " + " ".join(str(round(v, 6)) for v in self.calibration))
         return "\n".join(header + list(self.labels)) + "\n"
 
     def sentence(self, labels: Sequence[str]) -> str:
@@ -111,11 +116,15 @@ def parse_bank(text: str, *, name: str | None = None, source: str = "") -> Label
     try:
         top_k = int(header.get("top_k", 1))
         threshold = float(header.get("threshold", 0.5))
+        calibration = tuple(float(v) for v in header.get("calibration", "0 1 0").replace(",", " ").split())
+        if len(calibration) != 3:
+            raise ValueError(f"calibration needs three numbers, a b c (got {header['calibration']!r})")
     except ValueError as exc:
         raise DataError(f"{where}: bad header value ({exc})") from None
     prompts = tuple(p.strip() for p in header["prompts"].split("|") if p.strip()) if "prompts" in header else ()
     return LabelBank(name=bank_name, labels=tuple(labels), template=header.get("template", LabelBank.template),
-                     prompts=prompts, top_k=top_k, threshold=threshold, description=header.get("description", ""),
+                     prompts=prompts, top_k=top_k, threshold=threshold, calibration=calibration,
+                     description=header.get("description", ""),
                      source=source)
 
 

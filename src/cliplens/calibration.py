@@ -44,13 +44,16 @@ class FitDetector:
     label_weight: float = 0.0
     margin_weight: float = 1.0
 
-    def probability(self, label_logits: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
+    def log_odds(self, label_logits: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
+        """The detector's log-odds that each label fits."""
         label_logits = np.asarray(label_logits, np.float64)
         reference = np.asarray(reference_logits, np.float64)
         if label_logits.ndim == 2 and reference.ndim == 1:
             reference = reference[:, None]
-        z = self.bias + self.label_weight * label_logits + self.margin_weight * (label_logits - reference)
-        return sigmoid(z)
+        return self.bias + self.label_weight * label_logits + self.margin_weight * (label_logits - reference)
+
+    def probability(self, label_logits: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
+        return sigmoid(self.log_odds(label_logits, reference_logits))
 
 
 @dataclass
@@ -165,6 +168,20 @@ def fit_detector(label_logits: np.ndarray, reference_logits: np.ndarray, fits: n
     _minimise([w], loss)
     bias, label_weight, margin_weight = (float(v) for v in w.detach())
     return FitDetector(bias=bias, label_weight=label_weight, margin_weight=margin_weight)
+
+
+def fit_platt(log_odds: np.ndarray, margins: np.ndarray, fits: np.ndarray) -> tuple[float, float, float]:
+    """(a, b, c) of P(fits) = sigmoid(a + b · log_odds + c · margin), by maximum likelihood (Platt scaling
+    of the detector, with the label's similarity margin over the rest of its bank as a second input)."""
+    import torch
+
+    z = torch.as_tensor(np.clip(log_odds, -50, 50), dtype=torch.float64)
+    m = torch.as_tensor(margins, dtype=torch.float64)
+    y = torch.as_tensor(fits, dtype=torch.float64)
+    w = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    _minimise([w], lambda: torch.nn.functional.binary_cross_entropy_with_logits(w[0] + w[1] * z + w[2] * m, y))
+    a, b, c = (float(v) for v in w.detach())
+    return a, b, c
 
 
 def _offered_sets(logits: np.ndarray, truth: np.ndarray, rng: np.random.Generator,

@@ -32,6 +32,7 @@ from .images import ImageSource, source_name
 from .models import Encoder, TextTruncatedWarning, as_encoder
 from .prompts import imagenet_classes
 from .reference import shared_vocabulary
+from .scores import sigmoid
 
 CANDIDATES = 16  # labels per bank whose fit is judged (the best by similarity); more only cost time
 REFINE_POOL = 6  # labels per bank the refiner may swap in
@@ -47,6 +48,8 @@ class CaptionLabel:
     score: float
     typographic_suspect: bool = False
     similarity: float = 0.0
+    log_odds: float = 0.0  # the fit detector's, before the bank's calibration
+    margin: float = 0.0  # similarity over the best other candidate of its bank (negative when another is better)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,15 @@ def _resolve_calibration(calibration: Calibration | str | os.PathLike | bool | N
     if calibration is None:
         return default_calibration(encoder.info.path)
     return calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+
+
+def bank_margins(sims: np.ndarray) -> np.ndarray:
+    """Each label's similarity less the best similarity among the bank's other candidates."""
+    sims = np.asarray(sims, np.float64)
+    if len(sims) < 2:
+        return np.zeros(len(sims))
+    top2 = np.sort(sims)[-2:]
+    return sims - np.where(sims >= top2[1], top2[0], top2[1])
 
 
 def typographic_suspects(visual: np.ndarray, written: np.ndarray) -> np.ndarray:
@@ -155,15 +167,18 @@ class Captioner:
     def _judge(self, vector: np.ndarray, sims: np.ndarray, reference_sims: np.ndarray, best: float,
                index: int, count: int) -> list[CaptionLabel]:
         held = self.vectors[index]
-        m = min(len(sims), count)
-        candidates = np.argpartition(-sims, m - 1)[:m] if m < len(sims) else np.arange(len(sims))
+        n = min(len(sims), count)
+        candidates = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
         scale = self.encoder.logit_scale
         reference = np.array([self._reference_for(held.labels[c], reference_sims, best) for c in candidates])
-        fit = self.detector.probability(scale * sims[candidates].astype(np.float64), scale * reference)
+        log_odds = self.detector.log_odds(scale * sims[candidates].astype(np.float64), scale * reference)
+        margins = bank_margins(sims[candidates])
+        bias, odds_weight, margin_weight = held.bank.calibration
+        fit = sigmoid(bias + odds_weight * log_odds + margin_weight * margins)
         suspect = typographic_suspects(sims[candidates],
                                        np.einsum("kwd,d->kw", np.asarray(held.written[candidates]), vector).max(axis=1))
-        judged = [CaptionLabel(held.labels[c], float(p), bool(t), float(sims[c]))
-                  for c, p, t in zip(candidates, fit, suspect)]
+        judged = [CaptionLabel(held.labels[k], float(p), bool(t), float(sims[k]), float(z), float(m))
+                  for k, p, t, z, m in zip(candidates, fit, suspect, log_odds, margins)]
         return sorted(judged, key=lambda c: (-c.score, -c.similarity))
 
     def judge(self, vector: np.ndarray, bank: str, count: int = CANDIDATES) -> list[CaptionLabel]:
