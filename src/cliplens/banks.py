@@ -130,14 +130,9 @@ def parse_bank(text: str, *, name: str | None = None, source: str = "") -> Label
 
 def read_bank(path: str | Path, name: str | None = None) -> LabelBank:
     """A bank file from disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"bank file {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_bank(text, name=name, source=str(path))
+    from .prompts import read_text_file
+
+    return parse_bank(read_text_file(path, "bank file"), name=name, source=str(path))
 
 
 def builtin_bank_names() -> list[str]:

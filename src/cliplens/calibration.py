@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -285,3 +286,18 @@ def default_calibration(model_path: str | Path) -> Calibration | None:
     """The calibration shipped beside a model's weights (as the demo model has), if any."""
     path = Path(model_path) / CALIBRATION_FILE
     return Calibration.load(path) if path.is_file() else None
+
+
+def resolve_calibration(calibration: Calibration | str | os.PathLike | bool | None, encoder) -> Calibration | None:
+    """The calibration to use: False none, None the one shipped beside the model, else this one (a file or
+    object), which must have been fitted for this model."""
+    if calibration is False:
+        return None
+    if calibration is None:
+        return default_calibration(encoder.info.path)
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration.model != encoder.name and Path(calibration.model).resolve() != Path(encoder.info.path).resolve():
+        raise UsageError(f"{calibration.source or 'calibration'}: fitted for model {calibration.model!r}, "
+                         f"but this run uses {encoder.name!r}; calibrate this model with `cliplens calibrate`")
+    return calibration

@@ -25,7 +25,7 @@ import numpy as np
 
 from .bank_vectors import TYPOGRAPHIC_PROMPTS, BankVectors, bank_vectors
 from .banks import LabelBank, resolve_banks
-from .calibration import Calibration, FitDetector, default_calibration
+from .calibration import Calibration, FitDetector, resolve_calibration
 from .embed import default_workers, iter_image_batches
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
@@ -80,15 +80,6 @@ class Caption:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
-def _resolve_calibration(calibration: Calibration | str | os.PathLike | bool | None, encoder: Encoder
-                         ) -> Calibration | None:
-    if calibration is False:
-        return None
-    if calibration is None:
-        return default_calibration(encoder.info.path)
-    return calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
-
-
 def bank_margins(sims: np.ndarray) -> np.ndarray:
     """Each label's similarity less the best similarity among the bank's other candidates."""
     sims = np.asarray(sims, np.float64)
@@ -132,7 +123,7 @@ class Captioner:
         self.encoder = as_encoder(model, device)
         self.banks = resolve_banks(banks, self.encoder.info.path)
         self.keep_typographic = keep_typographic
-        calibration = _resolve_calibration(calibration, self.encoder)
+        calibration = resolve_calibration(calibration, self.encoder)
         self.detector = calibration.detector if calibration else FitDetector()
         self.reference = shared_vocabulary(tuple(calibration.reference if calibration else imagenet_classes()))
         encoded_before = self.reference.encoded_texts

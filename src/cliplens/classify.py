@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .calibration import Calibration, FitDetector, default_calibration
+from .calibration import Calibration, FitDetector, resolve_calibration
 from .embed import default_workers, iter_image_batches
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
@@ -75,20 +74,6 @@ class Classification:
         return data
 
 
-def _resolve_calibration(calibration: Calibration | str | os.PathLike | bool | None, encoder: Encoder
-                         ) -> Calibration | None:
-    if calibration is False:
-        return None
-    if calibration is None:
-        return default_calibration(encoder.info.path)
-    if not isinstance(calibration, Calibration):
-        calibration = Calibration.load(calibration)
-    if calibration.model != encoder.name and Path(calibration.model).resolve() != Path(encoder.info.path).resolve():
-        raise UsageError(f"{calibration.source or 'calibration'}: fitted for model {calibration.model!r}, "
-                         f"but this run uses {encoder.name!r}; calibrate this model with `cliplens calibrate`")
-    return calibration
-
-
 class Classifier:
     """Zero-shot classification against a fixed label set; label embeddings are computed once.
 
@@ -105,7 +90,7 @@ class Classifier:
         self.labels = clean_labels(labels)
         self.templates = resolve_templates(templates, template)
         self.encoder = as_encoder(model, device)
-        self.calibration = _resolve_calibration(calibration, self.encoder)
+        self.calibration = resolve_calibration(calibration, self.encoder)
         explicit = self.calibration is not None and calibration is not None
         self.multi_label = multi_label
         self.coverage = coverage

@@ -115,15 +115,20 @@ def warn_unreadable(encoder: Encoder, labels: Sequence[str]) -> None:
                       "it reads unknown words as <unk>, so their scores mean little", LabelWarning, stacklevel=3)
 
 
-def read_labels_file(path: str | Path) -> list[str]:
-    """Labels from a text file, one per line (``#`` comments and blank lines skipped)."""
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file's contents; ``what`` names it in the error when it is missing ("--labels-file")."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--labels-file {path}: no such file")
+        raise UsageError(f"{what} {path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """Labels from a text file, one per line (``#`` comments and blank lines skipped)."""
+    text = read_text_file(path, "--labels-file")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
