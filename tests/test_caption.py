@@ -126,6 +126,7 @@ def test_a_second_run_encodes_no_text(tmp_path, monkeypatch):
     assert second.caption(image) == first.caption(image)
 
 
+@pytest.mark.filterwarnings("ignore::cliplens.TextTruncatedWarning")
 def test_refine_stays_in_its_time_budget_and_never_lowers_the_caption_score(captioner, held_out):
     _, vectors = held_out
     for vector in vectors[:5]:

@@ -285,7 +285,7 @@ def bench_caption(labels: int = typer.Option(10_000, "--labels", min=1, help="La
 
         timing = time_caption(encoder, target, labels=labels, runs=runs, on_progress=on_progress)
     figures = {"model": name, "backend": encoder.info.backend, "precision": encoder.info.precision,
-               "labels": timing.labels, "banks": timing.banks, "runs": timing.runs,
+               "labels": timing.labels, "banks": timing.banks, "runs": timing.runs, "texts_encoded": timing.texts_encoded,
                "encode_ms": round(timing.encode_ms, 2), "caption_ms": round(timing.caption_ms, 2),
                "overhead_ms": round(timing.overhead_ms, 2), "scoring_ms": round(timing.scoring_ms, 2)}
     if as_json:
@@ -295,7 +295,8 @@ def bench_caption(labels: int = typer.Option(10_000, "--labels", min=1, help="La
                   f"caption (encode + banks)    {timing.caption_ms:8.1f} ms\n"
                   f"overhead                    {timing.overhead_ms:8.1f} ms  (target ≤ 50)\n"
                   f"scoring an embedded image   {timing.scoring_ms:8.1f} ms\n"
-                  f"({timing.labels} labels in {timing.banks} banks, median of {timing.runs} warm calls, "
+                  f"({timing.labels} labels in {timing.banks} banks, {timing.texts_encoded} texts encoded to build, "
+                  f"median of {timing.runs} warm calls, "
                   f"{encoder.info.backend} {encoder.info.precision}, {_machine()})", highlight=False)
     if note:
         err.print(note, highlight=False)

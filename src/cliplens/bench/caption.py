@@ -19,6 +19,7 @@ class CaptionTiming:
     labels: int
     banks: int
     runs: int
+    texts_encoded: int  # bank texts encoded to build the captioner (0 when they were cached)
     encode_ms: float  # encoder.encode_images([image])
     caption_ms: float  # captioner.caption(image): encoding plus everything else
     scoring_ms: float  # captioner.caption_vector(vector): everything but encoding
@@ -67,4 +68,5 @@ def time_caption(encoder: Encoder, image: Path, *, labels: int = 10_000, runs: i
     encode = _median_ms(lambda: encoder.encode_images([image]), runs)
     full = _median_ms(lambda: captioner.caption(image), runs)
     scoring = _median_ms(lambda: captioner.caption_vector(vector), runs)
-    return CaptionTiming(sum(len(v.labels) for v in captioner.vectors), len(captioner.banks), runs, encode, full, scoring)
+    return CaptionTiming(sum(len(v.labels) for v in captioner.vectors), len(captioner.banks), runs,
+                         captioner.texts_encoded, encode, full, scoring)
