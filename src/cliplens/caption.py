@@ -26,7 +26,7 @@ import numpy as np
 from .bank_vectors import TYPOGRAPHIC_PROMPTS, BankVectors, bank_vectors
 from .banks import LabelBank, resolve_banks
 from .calibration import Calibration, FitDetector, resolve_calibration
-from .embed import default_workers, iter_image_batches
+from .embed import iter_encoded_batches
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
 from .models import Encoder, TextTruncatedWarning, as_encoder
@@ -265,21 +265,11 @@ class Captioner:
                      on_progress: Callable[[int, int], None] | None = None) -> Iterator[Caption | ImageLoadError]:
         """Captions in input order, yielding a :class:`Caption` or the :class:`ImageLoadError` of each image."""
         images = list(images)
-        batch_size = batch_size or self.encoder.image_batch_size
-        workers = workers if workers is not None else default_workers()
-        done = 0
-        for batch in iter_image_batches(images, self.encoder, batch_size, workers):
-            ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]
-            vectors = iter(self.encoder.encode_prepared([p for _, p in ok]) if ok else [])
-            for i, pixels, _ in batch:
-                if isinstance(pixels, ImageLoadError):
-                    yield pixels
-                else:
-                    yield self.caption_vector(next(vectors), source_name(images[i]), refine=refine,
-                                              refine_seconds=refine_seconds)
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(done, len(images))
+        for batch in iter_encoded_batches(images, self.encoder, batch_size=batch_size, workers=workers,
+                                          on_progress=on_progress):
+            for i, vector in batch:
+                yield vector if isinstance(vector, ImageLoadError) else self.caption_vector(
+                    vector, source_name(images[i]), refine=refine, refine_seconds=refine_seconds)
 
 
 def caption(image: ImageSource, model: Encoder | str | None = None, banks: Sequence[str | LabelBank] | None = None,

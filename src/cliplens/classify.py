@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .calibration import Calibration, FitDetector, resolve_calibration
-from .embed import default_workers, iter_image_batches
+from .embed import iter_encoded_batches
 from .errors import ImageLoadError, UsageError
 from .images import ImageSource, source_name
 from .models import Encoder, as_encoder
@@ -155,18 +155,13 @@ class Classifier:
                       ) -> Iterator[Classification | ImageLoadError]:
         """Classify images in input order, yielding a result or the :class:`ImageLoadError` of each."""
         images = list(images)
-        batch_size = batch_size or self.encoder.image_batch_size
-        workers = workers if workers is not None else default_workers()
-        done = 0
-        for batch in iter_image_batches(images, self.encoder, batch_size, workers):
-            ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]
-            scored = iter(self.score_vectors(self.encoder.encode_prepared([p for _, p in ok]),
-                                             [source_name(images[i]) for i, _ in ok]) if ok else [])
-            for _, pixels, _ in batch:
-                yield pixels if isinstance(pixels, ImageLoadError) else next(scored)
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(done, len(images))
+        for batch in iter_encoded_batches(images, self.encoder, batch_size=batch_size, workers=workers,
+                                          on_progress=on_progress):
+            ok = [(i, vector) for i, vector in batch if not isinstance(vector, ImageLoadError)]
+            scored = iter(self.score_vectors(np.stack([v for _, v in ok]), [source_name(images[i]) for i, _ in ok])
+                          if ok else [])
+            for _, vector in batch:
+                yield vector if isinstance(vector, ImageLoadError) else next(scored)
 
 
 def classify(image: ImageSource, labels: Sequence[str], model: Encoder | str | None = None, *,

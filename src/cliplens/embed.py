@@ -70,6 +70,22 @@ def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_s
     return prefetch_batches(len(sources), job, batch_size, workers)
 
 
+def iter_encoded_batches(images: Sequence[ImageSource], encoder: Encoder, *, batch_size: int | None = None,
+                         workers: int | None = None, on_progress: ProgressFn | None = None
+                         ) -> Iterator[list[tuple[int, np.ndarray | ImageLoadError]]]:
+    """Batches of (index, L2-normalised vector or the image's :class:`ImageLoadError`), in input order."""
+    batch_size = batch_size or encoder.image_batch_size
+    workers = workers if workers is not None else default_workers()
+    done = 0
+    for batch in iter_image_batches(images, encoder, batch_size, workers):
+        ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]
+        vectors = iter(encoder.encode_prepared([p for _, p in ok]) if ok else [])
+        yield [(i, pixels if isinstance(pixels, ImageLoadError) else next(vectors)) for i, pixels, _ in batch]
+        done += len(batch)
+        if on_progress is not None:
+            on_progress(done, len(images))
+
+
 def default_workers() -> int:
     """Decode threads: as many as cores, up to 4."""
     return min(4, os.cpu_count() or 1)
