@@ -181,7 +181,7 @@ class Captioner:
         index = names.index(bank)
         vector = np.asarray(vector, np.float32).reshape(-1)
         reference_sims = self._reference_vectors @ vector
-        sims = np.asarray(self.vectors[index].vectors) @ vector
+        sims = self._all[self._slices[index]] @ vector
         if len(sims) == 0:
             return []
         return self._judge(vector, sims, reference_sims, float(reference_sims.max()), index, count)
