@@ -18,7 +18,10 @@ import cliplens
 from cliplens.cli_bench import bench_app
 from cliplens.cli_caption import register as register_caption_commands
 from cliplens.cli_curate import register as register_curate_commands
+from cliplens.cli_dream import register as register_dream_commands
+from cliplens.cli_eval import register as register_eval_commands
 from cliplens.cli_index import register as register_index_commands
+from cliplens.cli_serve import register as register_serve_commands
 from cliplens.cli_common import (BackendOpt, DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, command, emit_json, err,
                                  load_model_with_status, out, progress, rate_updater, state)
 from cliplens.errors import UsageError
@@ -31,6 +34,9 @@ app.add_typer(bench_app, name="bench")
 register_index_commands(app)
 register_curate_commands(app)
 register_caption_commands(app)
+register_serve_commands(app)
+register_eval_commands(app)
+register_dream_commands(app)
 
 @app.callback(invoke_without_command=True)
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
