@@ -300,3 +300,70 @@ def bench_caption(labels: int = typer.Option(10_000, "--labels", min=1, help="La
                   f"{encoder.info.backend} {encoder.info.precision}, {_machine()})", highlight=False)
     if note:
         err.print(note, highlight=False)
+
+
+@bench_app.command("serve")
+@command
+def bench_serve(requests: int = typer.Option(256, "--requests", "-n", min=1, help="Classify requests per measurement."),
+                concurrency: int = typer.Option(16, "--concurrency", min=2, help="Concurrent clients."),
+                load: bool = typer.Option(False, "--load", help="Also run the load test: 1000 mixed requests from 32 clients."),
+                images: Optional[Path] = typer.Option(None, "--images", help="Images to send (default: generated photo-sized JPEGs, or demo shapes with --model demo)."),
+                model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Classify throughput of `cliplens serve` with concurrent clients (merged batches) against one at a time."""
+    from cliplens.bench.serve import ServerProcess, classify_calls, mixed_calls, scrape_metric, send
+
+    name, folder, note = _bench_model(model)
+    payloads = _serve_payloads(images, name)
+    args = ["--model", str(folder)] + (["--backend", backend] if backend else []) + \
+           (["--precision", precision] if precision else [])
+    calls = classify_calls(payloads, requests)
+    figures: dict = {"model": name, "requests": requests, "concurrency": concurrency, "machine": _machine()}
+    with err.status("starting cliplens serve (dynamic batching on)") as status:
+        with ServerProcess(args) as server:
+            send(server.url, calls[:concurrency], concurrency)  # warm: label embeddings, first batches
+            status.update(f"{requests} classify requests one at a time")
+            one = send(server.url, calls, 1)
+            before = scrape_metric(server.url, "cliplens_encoder_batch_images_count")
+            status.update(f"{requests} classify requests from {concurrency} clients")
+            many = send(server.url, calls, concurrency)
+            batches = scrape_metric(server.url, "cliplens_encoder_batch_images_count") - before
+            if load:
+                status.update("load test: 1000 mixed requests from 32 clients")
+                figures["load"] = send(server.url, mixed_calls(payloads, 1000, search=False, seed=1), 32).to_dict()
+        status.update(f"{requests} classify requests from {concurrency} clients, batching off (--max-batch 1)")
+        with ServerProcess(args + ["--max-batch", "1"]) as server:
+            send(server.url, calls[:concurrency], concurrency)
+            unbatched = send(server.url, calls, concurrency)
+    figures |= {"sequential": one.to_dict(), "concurrent": many.to_dict(), "concurrent_unbatched": unbatched.to_dict(),
+                "mean_batch_images": round(requests / batches, 2) if batches else None,
+                "speedup": round(many.throughput / one.throughput, 2),
+                "speedup_unbatched": round(unbatched.throughput / one.throughput, 2)}
+    if as_json:
+        emit_json(figures)
+    else:
+        rows = [("one at a time", one), (f"{concurrency} clients, merged batches", many),
+                (f"{concurrency} clients, batching off", unbatched)]
+        for label, result in rows:
+            out.print(f"{label:<34} {result.throughput:7.1f} req/s   p50 {result.percentile(50) * 1000:7.1f} ms   "
+                      f"p99 {result.percentile(99) * 1000:7.1f} ms", highlight=False)
+        out.print(f"throughput with {concurrency} clients: {figures['speedup']:.2f}× one at a time "
+                  f"(target ≥ 2×; {figures['speedup_unbatched']:.2f}× without batching); "
+                  f"{figures['mean_batch_images']} images per merged batch", highlight=False)
+        if load:
+            result = figures["load"]
+            out.print(f"load test: {result['requests']} mixed requests from 32 clients, {result['server_errors']} 5xx, "
+                      f"statuses {result['statuses']}, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms", highlight=False)
+        out.print(f"({name}, {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def _serve_payloads(images: Optional[Path], model: str) -> list[bytes]:
+    """Image files to send: the user's, demo shapes for the demo model, else photo-sized JPEGs."""
+    if images is not None or model != "demo":
+        return [path.read_bytes() for path in _photos(images, 16)]
+    from cliplens.bench.serve import png_bytes
+    from cliplens.demo_data import generate
+
+    return [png_bytes(sample.image) for sample in generate(16, seed=0)]

@@ -62,17 +62,30 @@ def rank_images(prompt: str, images: Iterable[ImageSource], model: Encoder | str
         raise UsageError(f"--top {top}: must be at least 1")
     encoder = as_encoder(model)
     embedded = embed_images(list(images), encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
-    if not embedded.sources:
-        return Ranking(prompt, [], embedded.errors)
-    texts = encoder.encode_texts([prompt, *negative])
-    scores = embedded.vectors @ texts[0]
+    ranking = rank_vectors(prompt, embedded.vectors, embedded.sources, encoder, negative=negative, top=top,
+                           rerank=rerank)
+    ranking.errors = embedded.errors
+    return ranking
+
+
+def rank_vectors(prompt: str, vectors: np.ndarray, names: Sequence[str], model: Encoder, *,
+                 negative: Sequence[str] = (), top: int | None = None, rerank: bool | None = None) -> Ranking:
+    """:func:`rank_images` for images already embedded (rows of normalised ``vectors``, named by ``names``)."""
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    if top is not None and top < 1:
+        raise UsageError(f"--top {top}: must be at least 1")
+    if not len(names):
+        return Ranking(prompt, [])
+    texts = model.encode_texts([prompt, *negative])
+    scores = vectors @ texts[0]
     if negative:
-        scores = scores - (embedded.vectors @ texts[1:].T).max(axis=1)
-    reference = reranking_vocabulary(encoder, rerank)
+        scores = scores - (vectors @ texts[1:].T).max(axis=1)
+    reference = reranking_vocabulary(model, rerank)
     if reference is not None:
-        scores = scores - reference_best(embedded.vectors, reference)
+        scores = scores - reference_best(vectors, reference)
     order = np.argsort(-scores, kind="stable")[:top]
-    return Ranking(prompt, [Scored(embedded.sources[i], float(scores[i])) for i in order], embedded.errors)
+    return Ranking(prompt, [Scored(str(names[i]), float(scores[i])) for i in order])
 
 
 def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:

@@ -34,6 +34,7 @@ class QueryTerm:
 class SearchHit:
     path: str
     score: float
+    id: int | None = None  # the file's id in the index (the service names thumbnails by it, never by path)
 
 
 @dataclass
@@ -60,17 +61,18 @@ RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
 
-def _term(text: str, sign: int) -> QueryTerm:
+def _term(text: str, sign: int, files: bool = True) -> QueryTerm:
     path = Path(text).expanduser()
-    is_image = path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    is_image = files and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     return QueryTerm(str(path) if is_image else text, sign, is_image)
 
 
-def parse_query(query: str) -> list[QueryTerm]:
+def parse_query(query: str, *, files: bool = True) -> list[QueryTerm]:
     """Split ``"horse" + "stripes" - "brown"`` (or ``horse + stripes - brown``) into signed terms.
 
     Operators need spaces around them, so "black-and-white photo" stays one term. A term that names an
-    image file is an image query.
+    image file is an image query, unless ``files`` is False (queries from the HTTP service, whose clients
+    must never name the server's files): then every term is text.
     """
     query = query.strip()
     if not query:
@@ -91,7 +93,7 @@ def parse_query(query: str) -> list[QueryTerm]:
             continue
         if not expect_term:
             raise UsageError(f"query {query!r}: put + or - between terms (quote multi-word terms)")
-        terms.append(_term(token, sign))
+        terms.append(_term(token, sign, files))
         sign, expect_term = 1, False
     if expect_term:
         raise UsageError(f"query {query!r}: ends with an operator")
@@ -159,28 +161,34 @@ class PhotoIndex:
 
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
                subtract: Sequence[str] = (), k: int = 10, threshold: float | None = None,
-               rerank: bool | None = None) -> SearchResult:
+               rerank: bool | None = None, files: bool = True) -> SearchResult:
         """The ``k`` files best matching the query (those scoring at least ``threshold``), best first.
 
         Scores are cosine similarities. With re-ranking (``rerank``; see
         :func:`cliplens.reference.reranking_vocabulary`, on by default for models that ship a calibration) the
         best candidates by cosine of a text query are ordered by how much better the query fits each image
         than the image's best reference caption does; the score is then that difference (0: the query
-        fits as well as the image's own best description).
+        fits as well as the image's own best description). With ``files`` False no term is read as a file.
         """
-        if k < 1:
-            raise UsageError(f"-k {k}: must be at least 1")
-        terms = parse_query(query) if query else []
+        terms = parse_query(query, files=files) if query else []
         if image is not None:
             if not Path(image).is_file():
                 raise UsageError(f"--image {image}: no such file")
             terms.append(QueryTerm(str(image), 1, True))
-        terms += [_term(t, 1) for t in add] + [_term(t, -1) for t in subtract]
+        terms += [_term(t, 1, files) for t in add] + [_term(t, -1, files) for t in subtract]
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
-        vector = self.query_vector(terms)
         text_only = not any(t.is_image for t in terms)  # an example image needs no re-ranking
-        reference = reranking_vocabulary(self.encoder, rerank) if text_only else None
+        return self.search_vector(self.query_vector(terms), shown.strip(), k=k, threshold=threshold,
+                                  rerank=rerank if text_only else False)
+
+    def search_vector(self, vector: np.ndarray, shown: str = "", *, k: int = 10, threshold: float | None = None,
+                      rerank: bool | None = None) -> SearchResult:
+        """The ``k`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
+        explains unless ``rerank`` is False (as it should be for image queries)."""
+        if k < 1:
+            raise UsageError(f"-k {k}: must be at least 1")
+        reference = reranking_vocabulary(self.encoder, rerank)
         pool = k if reference is None else max(10 * k, RERANK_POOL)
         scores, ids = self.vectors.search(vector[None], min(pool, len(self.vectors)))
         scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
@@ -193,9 +201,9 @@ class PhotoIndex:
             order = np.argsort(-scores, kind="stable")[:k]
             scores, ids = scores[order], ids[order]
         paths = self.store.paths(ids)
-        hits = [SearchHit(paths[int(i)], float(s)) for s, i in zip(scores[:k], ids[:k])
+        hits = [SearchHit(paths[int(i)], float(s), int(i)) for s, i in zip(scores[:k], ids[:k])
                 if int(i) in paths and (threshold is None or s >= threshold)]
-        return SearchResult(shown.strip(), hits)
+        return SearchResult(shown, hits)
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicates: files linked by similarity ≥ ``threshold`` (each to a nearest neighbour)."""

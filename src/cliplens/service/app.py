@@ -1,0 +1,196 @@
+"""The FastAPI application: routes of the HTTP API and the web page.
+
+Routes stay thin: they read the request (:mod:`.inputs`), hand the work to the :class:`Engine`, and
+answer with the same fields as the commands' ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Path, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..models import Encoder, load_model
+from . import schemas
+from .config import ServiceConfig
+from .engine import Engine
+from .errors import ApiError, install_error_handlers
+from .inputs import read_body
+from .metrics import ServiceMetrics
+from .middleware import ApiKeyMiddleware, MetricsMiddleware, TimeoutMiddleware, UploadLimitMiddleware
+
+log = logging.getLogger("cliplens.service")
+
+DESCRIPTION = """CLIP-family image–text models over HTTP: zero-shot classification that can say "none of
+these", captions for chatbots, ranking images for a prompt, embeddings and photo search.
+
+Images go as multipart uploads (a file field `image`, or several `images`; lists as repeated
+fields) or as JSON with base64 images. Errors are `{"error": KIND, "message": TEXT}`."""
+
+
+def _body_doc(params: type, json_model: type, files: dict[str, bool]) -> dict:
+    """The OpenAPI requestBody of an endpoint that reads JSON or a multipart form."""
+    form = params.model_json_schema()
+    form.pop("title", None)
+    form.pop("additionalProperties", None)
+    for name, many in files.items():
+        binary = {"type": "string", "format": "binary"}
+        form.setdefault("properties", {})[name] = {"type": "array", "items": binary} if many else binary
+    required = [name for name in json_model.model_json_schema().get("required", []) if name in files]
+    if required:
+        form["required"] = sorted(set(form.get("required", [])) | set(required))
+    json_schema = json_model.model_json_schema()
+    json_schema.pop("title", None)
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": json_schema}}}}
+
+
+ERRORS = {status: {"model": schemas.ErrorBody, "description": text} for status, text in {
+    400: "Bad request", 401: "No or wrong API key", 413: "Upload too large", 415: "Unsupported content type",
+    422: "Invalid field or broken image", 504: "Timed out"}.items()}
+
+
+def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None = None) -> FastAPI:
+    """The service as an ASGI app. It loads the model (or uses ``encoder``) and opens the index at startup."""
+    config = config or ServiceConfig()
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        photos = None
+        model = config.model
+        if config.index is not None:
+            from ..index import PhotoIndex
+
+            photos = PhotoIndex(config.index, config.model, device=config.device, backend=config.backend,
+                                precision=config.precision)
+            model = model or photos.bound.name
+        loaded = encoder or load_model(model, device=config.device, backend=config.backend,
+                                       precision=config.precision)
+        if photos is not None:
+            photos._encoder = loaded  # the index was checked against this model: one copy in memory
+        metrics.set_model(loaded.name)
+        engine = Engine(loaded, config, metrics, photos)
+        state["engine"] = app.state.engine = engine
+        engine.warm_up()
+        log.info("serving %s", loaded.name)
+        yield
+        engine.close()
+
+    app = FastAPI(title="cliplens", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    metrics = ServiceMetrics()
+    install_error_handlers(app)
+
+    def engine() -> Engine:
+        return state["engine"]
+
+    max_images = config.max_images
+
+    @app.post("/v1/classify", response_model=schemas.ClassificationOut, responses=ERRORS,
+              openapi_extra=_body_doc(schemas.ClassifyParams, schemas.ClassifyJson, {"image": False}))
+    async def classify(request: Request):
+        """Zero-shot classification of one image: labels best first, and the probability that none fits."""
+        params, uploads = await read_body(request, schemas.ClassifyParams, schemas.ClassifyJson,
+                                          image_fields=("image",), max_images=1)
+        upload = _one(uploads, "image")
+        return await engine().classify(upload, params.labels, template=params.template,
+                                       templates=params.templates, multi_label=params.multi_label)
+
+    @app.post("/v1/caption", response_model=schemas.CaptionOut, responses=ERRORS,
+              openapi_extra=_body_doc(schemas.CaptionParams, schemas.CaptionJson, {"image": False}))
+    async def caption(request: Request):
+        """A caption for a chatbot from label banks, and the labels behind it per bank."""
+        params, uploads = await read_body(request, schemas.CaptionParams, schemas.CaptionJson,
+                                          image_fields=("image",), max_images=1)
+        return await engine().caption(_one(uploads, "image"), params.banks, params.keep_typographic)
+
+    @app.post("/v1/rank", response_model=schemas.RankingOut, responses=ERRORS,
+              openapi_extra=_body_doc(schemas.RankParams, schemas.RankJson, {"images": True}))
+    async def rank(request: Request):
+        """Images ordered by how well they match the prompt (less their best match to a negative)."""
+        params, uploads = await read_body(request, schemas.RankParams, schemas.RankJson,
+                                          image_fields=("images",), max_images=max_images)
+        if not uploads["images"]:
+            raise ApiError(422, "invalid_field", "images: give at least one image")
+        return await engine().rank(uploads["images"], params.prompt, params.negative, params.top)
+
+    @app.post("/v1/embed", response_model=schemas.EmbeddingsOut, responses=ERRORS,
+              openapi_extra=_body_doc(schemas.EmbedParams, schemas.EmbedJson, {"images": True}))
+    async def embed(request: Request):
+        """L2-normalised embeddings of images and/or texts, in one space."""
+        params, uploads = await read_body(request, schemas.EmbedParams, schemas.EmbedJson,
+                                          image_fields=("images",), max_images=max_images)
+        return await engine().embed(uploads["images"], params.texts)
+
+    @app.post("/v1/search", response_model=schemas.SearchOut, responses={**ERRORS, 404: ERRORS[400] | {
+              "description": "No index configured"}},
+              openapi_extra=_body_doc(schemas.SearchParams, schemas.SearchJson, {"image": False}))
+    async def search(request: Request):
+        """Search the configured photo index in words, by an example image, or both."""
+        params, uploads = await read_body(request, schemas.SearchParams, schemas.SearchJson,
+                                          image_fields=("image",), max_images=1)
+        upload = uploads["image"][0] if uploads["image"] else None
+        return await engine().search(params.query, upload, params.k, params.threshold)
+
+    @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
+                                                     404: ERRORS[400] | {"description": "No such file"}})
+    async def thumbnail(file_id: int = Path(ge=0, le=2**63 - 1, description="The id in a search result's thumbnail URL.")):
+        """A JPEG thumbnail of an indexed file, by the id search results give (no other file is served)."""
+        import asyncio
+
+        data = await asyncio.to_thread(engine().thumbnail, file_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/v1/models", response_model=schemas.ModelsOut)
+    async def models():
+        """The model this service runs (and its index, if any)."""
+        info = engine().encoder.info
+        return {"models": [{"id": info.name, "family": info.family, "embed_dim": info.embed_dim,
+                            "context_length": info.context_length, "score_kind": info.score_kind,
+                            "backend": info.backend, "precision": info.precision, "device": info.device}],
+                "index": engine().index_info()}
+
+    @app.get("/healthz", response_model=schemas.HealthOut)
+    async def healthz():
+        """Liveness: open even when an API key is set."""
+        return {"status": "ok", "model": engine().encoder.name}
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus():
+        """Prometheus metrics: requests by route and status, latency, in-flight, merged batch sizes."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    web = resources.files("cliplens").joinpath("web")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(str(web.joinpath("index.html")))
+
+    app.mount("/static", StaticFiles(directory=str(web)), name="static")
+
+    app.add_middleware(TimeoutMiddleware, seconds=config.request_timeout)
+    app.add_middleware(UploadLimitMiddleware, limit=config.max_upload_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKeyMiddleware, key=config.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.state.config = config
+    app.state.metrics = metrics
+    return app
+
+
+def _one(uploads: dict, field: str):
+    found = uploads[field]
+    if not found:
+        raise ApiError(422, "invalid_field", f"{field}: give an image (a file field '{field}', or base64 in JSON)")
+    return found[0]

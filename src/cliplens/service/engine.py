@@ -1,0 +1,222 @@
+"""The model work behind each endpoint: decoding uploads, merged encoding, and the library's scoring.
+
+One :class:`Engine` per service holds the model, its :class:`EncoderWorker`, caches of classifiers
+(per label set) and captioners (per bank set), and the photo index when one is configured. Decoding
+runs in the request's thread pool; every model call runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..banks import builtin_bank_names
+from ..caption import Captioner
+from ..classify import Classifier
+from ..curate import rank_vectors
+from ..errors import CliplensError, ImageLoadError
+from ..images import load_image
+from ..models import Encoder
+from ..models.base import l2_normalize
+from ..prompts import TEMPLATE_SETS, VERBATIM
+from .batching import EncoderWorker
+from .config import ServiceConfig
+from .errors import ApiError, from_library
+from .inputs import Upload
+from .metrics import ServiceMetrics
+
+CLASSIFIERS_KEPT = 64  # label sets whose embeddings stay in memory
+CAPTIONERS_KEPT = 8
+NAMED_TEMPLATES = (*TEMPLATE_SETS, "imagenet-7", VERBATIM)
+THUMBNAIL_SIDE = 256
+
+
+class _Cache(OrderedDict):
+    """Least-recently-used cache of objects that are costly to build (label embeddings)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_none(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def keep(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+class Engine:
+    def __init__(self, encoder: Encoder, config: ServiceConfig, metrics: ServiceMetrics, photos=None):
+        self.encoder = encoder
+        self.config = config
+        self.photos = photos
+        self.worker = EncoderWorker(encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                                    on_batch=metrics.observe_batch)
+        self._classifiers = _Cache(CLASSIFIERS_KEPT)
+        self._captioners = _Cache(CAPTIONERS_KEPT)
+        self._bank_names = set(builtin_bank_names())
+        self._warming: Future | None = None  # the default captioner, being built
+
+    def warm_up(self) -> None:
+        """Embed the default caption banks in the background (from the disk cache after the first run)."""
+        self._warming = self.worker.submit(lambda: Captioner(self.encoder))
+
+    def close(self) -> None:
+        self.worker.close()
+        if self.photos is not None:
+            self.photos.close()
+
+    # --- shared steps ---------------------------------------------------------------------------------
+
+    def _prepare(self, upload: Upload) -> Any:
+        try:
+            image = load_image(upload.data, draft_size=self.encoder.draft_size, pixel_limit=self.config.max_pixels)
+            return self.encoder.prepare(image)
+        except ImageLoadError as exc:
+            raise ApiError(422, "bad_image", f"{upload.name}: {exc.reason}") from None
+        except CliplensError as exc:
+            raise from_library(exc, upload.name) from None
+
+    async def embed_uploads(self, uploads: Sequence[Upload]) -> np.ndarray:
+        """Decode the uploads (in parallel threads), then encode them in a merged batch."""
+        with self.worker.expecting():  # until queued, so a batch forming now waits for these images
+            prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, u) for u in uploads))
+            encoded = self.worker.submit_images(prepared)
+        return await asyncio.wrap_future(encoded)
+
+    async def _model_call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return await self.worker.call(fn)
+        except CliplensError as exc:
+            raise from_library(exc) from None
+
+    # --- endpoints ------------------------------------------------------------------------------------
+
+    async def classifier(self, labels: Sequence[str], template: str, templates: str | None,
+                         multi_label: bool) -> Classifier:
+        if len(labels) > self.config.max_labels:
+            raise ApiError(422, "invalid_field",
+                           f"labels: {len(labels)} labels; this service takes at most {self.config.max_labels}")
+        if templates is not None and templates not in NAMED_TEMPLATES:
+            raise ApiError(422, "invalid_field", f"templates: {templates!r} is not one of {', '.join(NAMED_TEMPLATES)}")
+        key = (tuple(labels), template, templates, multi_label)
+        found = self._classifiers.get_or_none(key)
+        if found is None:
+            found = self._classifiers.keep(key, await self._model_call(
+                lambda: Classifier(labels, self.encoder, template=template, templates=templates,
+                                   multi_label=multi_label)))
+        return found
+
+    async def classify(self, upload: Upload, labels: Sequence[str], *, template: str, templates: str | None,
+                       multi_label: bool) -> dict:
+        classifier = await self.classifier(labels, template, templates, multi_label)
+        vectors = await self.embed_uploads([upload])
+        result = (await self._model_call(lambda: classifier.score_vectors(vectors, [upload.name])))[0]
+        return result.to_dict() | {"looks_like": result.looks_like}
+
+    async def captioner(self, banks: Sequence[str] | None, keep_typographic: bool) -> Captioner:
+        names = [name.strip() for spec in banks or () for name in spec.split(",") if name.strip()]
+        unknown = [name for name in names if name not in self._bank_names]
+        if unknown:
+            raise ApiError(422, "invalid_field", f"banks: unknown bank {unknown[0]!r}; this service has "
+                           + ", ".join(sorted(self._bank_names)))
+        key = (tuple(names), keep_typographic)
+        found = self._captioners.get_or_none(key)
+        if found is None and self._warming is not None and key == ((), False):
+            warming, self._warming = self._warming, None
+            try:
+                found = self._captioners.keep(key, await asyncio.wrap_future(warming))
+            except CliplensError as exc:
+                raise from_library(exc) from None
+        if found is None:
+            found = self._captioners.keep(key, await self._model_call(
+                lambda: Captioner(self.encoder, names or None, keep_typographic=keep_typographic)))
+        return found
+
+    async def caption(self, upload: Upload, banks: Sequence[str] | None, keep_typographic: bool) -> dict:
+        captioner = await self.captioner(banks, keep_typographic)
+        vectors = await self.embed_uploads([upload])
+        caption = await self._model_call(lambda: captioner.caption_vector(vectors[0], upload.name))
+        return caption.to_dict() | {"llm": caption.llm()}
+
+    async def rank(self, uploads: Sequence[Upload], prompt: str, negative: Sequence[str], top: int | None) -> dict:
+        vectors = await self.embed_uploads(uploads)
+        positions = [str(i) for i in range(len(uploads))]
+        ranking = await self._model_call(lambda: rank_vectors(prompt, vectors, positions, self.encoder,
+                                                              negative=negative, top=top))
+        return {"prompt": ranking.prompt,
+                "results": [{"path": uploads[int(r.path)].name, "score": r.score, "index": int(r.path)}
+                            for r in ranking.results]}
+
+    async def embed(self, uploads: Sequence[Upload], texts: Sequence[str]) -> dict:
+        if not uploads and not texts:
+            raise ApiError(422, "invalid_field", "give images, texts or both")
+        images = await self.embed_uploads(uploads)
+        text_vectors = await self.worker.texts(texts) if texts else np.zeros((0, self.encoder.embed_dim))
+        return {"model": self.encoder.name, "dim": self.encoder.embed_dim,
+                "images": [{"name": u.name, "embedding": v.tolist()} for u, v in zip(uploads, images)],
+                "texts": [{"name": t, "embedding": v.tolist()} for t, v in zip(texts, text_vectors)]}
+
+    async def search(self, query: str | None, upload: Upload | None, k: int, threshold: float | None) -> dict:
+        photos = self._require_index()
+        if not (query and query.strip()) and upload is None:
+            raise ApiError(422, "invalid_field", "give a query, an image, or both")
+        if upload is None:  # words only: every term is text, never a server file
+            result = await self._model_call(lambda: photos.search(query, k=k, threshold=threshold, files=False))
+        else:
+            image = (await self.embed_uploads([upload]))[0]
+
+            def run():
+                vector = image if not (query and query.strip()) else \
+                    l2_normalize((photos.query_vector(_text_terms(query)) + image)[None])[0]
+                shown = " + ".join(filter(None, [query, upload.name]))
+                return photos.search_vector(vector, shown, k=k, threshold=threshold, rerank=False)
+
+            result = await self._model_call(run)
+        return {"query": result.query,
+                "results": [{"path": h.path, "score": h.score, "thumbnail": f"/v1/thumbnails/{h.id}"}
+                            for h in result.hits]}
+
+    def _require_index(self):
+        if self.photos is None:
+            raise ApiError(404, "no_index", "this service has no photo index; start it with --index PATH")
+        return self.photos
+
+    def thumbnail(self, file_id: int) -> bytes:
+        """A JPEG thumbnail of an indexed file (looked up by id: nothing else on disk is ever served)."""
+        photos = self._require_index()
+        path = photos.store.paths([file_id]).get(file_id)
+        if path is None:
+            raise ApiError(404, "not_found", f"no file with id {file_id} in the index")
+        try:
+            image = load_image(path, draft_size=THUMBNAIL_SIDE, pixel_limit=self.config.max_pixels)
+        except ImageLoadError as exc:
+            raise ApiError(404, "not_found", f"file {file_id} cannot be shown: {exc.reason}") from None
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        return buffer.getvalue()
+
+    def index_info(self) -> dict | None:
+        if self.photos is None:
+            return None
+        return {"files": len(self.photos), "model": self.photos.bound.name}
+
+
+def _text_terms(query: str):
+    from ..index.photos import parse_query
+
+    return parse_query(query, files=False)

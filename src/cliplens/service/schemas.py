@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API, as pydantic models (they make the OpenAPI document).
+
+Every image-taking endpoint reads either ``multipart/form-data`` (image files in ``image`` or
+``images``, other fields as form fields, lists as repeated fields) or JSON with base64 images. The
+``*Params`` models hold the fields both forms share; the JSON bodies add the base64 images.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..prompts import DEFAULT_TEMPLATE
+
+B64 = "base64 of the image file's bytes (a data: URL is accepted too)"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyParams(_Strict):
+    labels: list[str] = Field(min_length=1, description="Candidate labels (at least one).")
+    template: str = Field(DEFAULT_TEMPLATE, description="Prompt with {} for the label; 'none' for verbatim labels.")
+    templates: Optional[str] = Field(None, description="A named prompt ensemble instead: imagenet, imagenet-7 or none.")
+    multi_label: bool = Field(False, description="Independent probability per label (several may fit).")
+
+
+class ClassifyJson(ClassifyParams):
+    image: str = Field(description=B64)
+
+
+class CaptionParams(_Strict):
+    banks: Optional[list[str]] = Field(None, description="Built-in bank names (default: the model's banks).")
+    keep_typographic: bool = Field(False, description="Keep labels that look read from text in the image.")
+
+
+class CaptionJson(CaptionParams):
+    image: str = Field(description=B64)
+
+
+class RankParams(_Strict):
+    prompt: str = Field(min_length=1, description="What the images should show.")
+    negative: list[str] = Field(default_factory=list, description="What they should not show.")
+    top: Optional[int] = Field(None, ge=1, description="Keep the best N.")
+
+
+class RankJson(RankParams):
+    images: list[str] = Field(min_length=1, description="Images, " + B64)
+    names: Optional[list[str]] = Field(None, description="A name per image, echoed in the results.")
+
+
+class EmbedParams(_Strict):
+    texts: list[str] = Field(default_factory=list, description="Texts to embed.")
+
+
+class EmbedJson(EmbedParams):
+    images: list[str] = Field(default_factory=list, description="Images, " + B64)
+    names: Optional[list[str]] = Field(None, description="A name per image, echoed in the results.")
+
+
+class SearchParams(_Strict):
+    query: Optional[str] = Field(None, description='Text, or arithmetic on texts: "horse" + "stripes" - "brown".')
+    k: int = Field(10, ge=1, le=1000, description="How many results.")
+    threshold: Optional[float] = Field(None, description="Only results scoring at least this.")
+
+
+class SearchJson(SearchParams):
+    image: Optional[str] = Field(None, description="Search by an example image: " + B64)
+
+
+# --- responses --------------------------------------------------------------------------------------
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What kind of error: bad_request, unauthorized, too_large, bad_image, ...")
+    message: str = Field(description="What was wrong, for a person.")
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    probability: float
+    similarity: float
+
+
+class ClassificationOut(BaseModel):
+    image: str
+    model: str
+    labels: list[LabelScoreOut]
+    none_of_these: float = Field(description="Calibrated probability that no label fits.")
+    looks_like: Optional[str] = Field(None, description="The reference caption the image matches best.")
+
+
+class CaptionLabelOut(BaseModel):
+    label: str
+    score: float
+    typographic_suspect: bool
+
+
+class CaptionOut(BaseModel):
+    image: str
+    caption: str
+    llm: str = Field(description="The caption as a line for a chat: [Image Attached: ...].")
+    banks: dict[str, list[CaptionLabelOut]]
+
+
+class RankedOut(BaseModel):
+    path: str = Field(description="The image's name (its upload file name, or the name given).")
+    score: float
+    index: int = Field(description="The image's position in the request.")
+
+
+class RankingOut(BaseModel):
+    prompt: str
+    results: list[RankedOut]
+
+
+class EmbeddedOut(BaseModel):
+    name: str
+    embedding: list[float]
+
+
+class EmbeddingsOut(BaseModel):
+    model: str
+    dim: int
+    images: list[EmbeddedOut]
+    texts: list[EmbeddedOut]
+
+
+class SearchHitOut(BaseModel):
+    path: str
+    score: float
+    thumbnail: str = Field(description="URL of the file's thumbnail on this service.")
+
+
+class SearchOut(BaseModel):
+    query: str
+    results: list[SearchHitOut]
+
+
+class ModelOut(BaseModel):
+    id: str
+    family: str
+    embed_dim: int
+    context_length: int
+    score_kind: str
+    backend: str
+    precision: str
+    device: str
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+    index: Optional[dict] = Field(None, description="The configured index: its file count and model.")
+
+
+class HealthOut(BaseModel):
+    status: str
+    model: str
