@@ -35,6 +35,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind 
     import uvicorn
 
     from cliplens.service import ServiceConfig, create_app
+    from cliplens.service.app import open_index
 
     if index is not None and not index.is_dir():
         raise UsageError(f"--index {index}: no such folder")
@@ -42,8 +43,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind 
                            index=str(index) if index else None, api_key=api_key or None,
                            max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, request_timeout=timeout, cors_origins=list(cors_origin or []))
-    encoder = None if index is not None else load_model_with_status(model, device, backend, precision)
-    app = create_app(config, encoder=encoder)
+    photos = open_index(config) if index is not None else None  # a bad index or model stops here, in one line
+    encoder = load_model_with_status(model or (photos.bound.name if photos else None), device, backend, precision)
+    app = create_app(config, encoder=encoder, photos=photos)
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         err.print(f"[yellow]warning[/]: serving on {host} without an API key: anyone who can reach it can use it",
                   highlight=False)

@@ -57,20 +57,19 @@ ERRORS = {status: {"model": schemas.ErrorBody, "description": text} for status, 
     422: "Invalid field or broken image", 504: "Timed out"}.items()}
 
 
-def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None = None) -> FastAPI:
-    """The service as an ASGI app. It loads the model (or uses ``encoder``) and opens the index at startup."""
+def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None = None, photos=None) -> FastAPI:
+    """The service as an ASGI app. At startup it opens the index (unless ``photos``, an open
+    :class:`~cliplens.index.PhotoIndex`, is given) and loads the model (unless ``encoder`` is given)."""
     config = config or ServiceConfig()
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        photos = None
+        nonlocal photos
         model = config.model
-        if config.index is not None:
-            from ..index import PhotoIndex
-
-            photos = PhotoIndex(config.index, config.model, device=config.device, backend=config.backend,
-                                precision=config.precision)
+        if photos is None and config.index is not None:
+            photos = open_index(config)
+        if photos is not None:
             model = model or photos.bound.name
         loaded = encoder or load_model(model, device=config.device, backend=config.backend,
                                        precision=config.precision)
@@ -187,6 +186,14 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
     app.state.config = config
     app.state.metrics = metrics
     return app
+
+
+def open_index(config: ServiceConfig):
+    """The configured photo index, checked against the configured model."""
+    from ..index import PhotoIndex
+
+    return PhotoIndex(config.index, config.model, device=config.device, backend=config.backend,
+                      precision=config.precision)
 
 
 def _one(uploads: dict, field: str):
