@@ -291,6 +291,21 @@ def test_concurrent_requests_are_merged_into_batches_with_the_right_rows(demo_mo
     assert sum(batches) == len(prepared) and max(batches) == 8 and len(batches) == 2
 
 
+def test_scoring_jobs_between_images_do_not_split_the_batch(demo_model, shapes):
+    batches, order = [], []
+    worker = EncoderWorker(demo_model, max_batch=32, on_batch=lambda n, s: batches.append(n))
+    prepared = [demo_model.prepare(Image.open(io.BytesIO(data)).convert("RGB")) for _, data in shapes[:6]]
+    worker.submit(lambda: time.sleep(0.3))
+    futures = []
+    for i, item in enumerate(prepared):
+        futures.append(worker.submit_images([item]))
+        futures.append(worker.submit(lambda i=i: order.append(i)))  # another request's scoring
+    for future in futures:
+        future.result(30)
+    worker.close()
+    assert batches == [6] and order == list(range(6))
+
+
 def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on(demo_model):
     worker = EncoderWorker(demo_model, max_batch=4)
     bad = worker.submit_images([np.zeros((3, 3), np.uint8)])  # not a prepared image

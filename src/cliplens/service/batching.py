@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from collections import deque
 import threading
 import time
 from concurrent.futures import Future
@@ -53,7 +54,7 @@ class EncoderWorker:
         self.max_wait = max_wait_ms / 1000
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
-        self._held: _ImageJob | _CallJob | None = None  # taken from the queue but not fitting the last batch
+        self._pending: deque = deque()  # jobs taken from the queue while gathering a batch, to run next
         self._coming = 0  # requests decoding images they will queue soon
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="cliplens-encoder", daemon=True)
@@ -104,11 +105,8 @@ class EncoderWorker:
 
     # --- the worker thread ----------------------------------------------------------------------------
 
-    def _next(self, timeout: float | None = None):
-        if self._held is not None:
-            job, self._held = self._held, None
-            return job
-        return self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+    def _next(self):
+        return self._pending.popleft() if self._pending else self._queue.get()
 
     def _run(self) -> None:
         while True:
@@ -123,24 +121,33 @@ class EncoderWorker:
             self._run_images(self._gather(job))
 
     def _gather(self, first: _ImageJob) -> list[_ImageJob]:
-        """The first job and those queued behind it, up to max_batch images. While other requests are
-        still decoding their images, it waits for them up to max_wait; a lone request does not wait."""
+        """The first job and the image jobs queued behind it, up to max_batch images.
+
+        Other jobs met on the way (scoring, texts) are set aside to run right after this batch, in their
+        order: no request's own jobs depend on another's images, and this keeps one request's scoring from
+        splitting the others' batch. While other requests are still decoding their images, it waits for
+        them up to max_wait; a lone request does not wait.
+        """
         jobs, count = [first], len(first.items)
+        later: list = []
         deadline = time.perf_counter() + self.max_wait
         while count < self.max_batch:
             try:
-                job = self._next(timeout=0.0005) if self._held is None and self._queue.empty() else self._next()
+                job = self._queue.get_nowait() if not self._queue.empty() else self._queue.get(timeout=0.0005)
             except queue.Empty:
                 if self._coming > 0 and time.perf_counter() < deadline:
                     continue
                 break
-            if not isinstance(job, _ImageJob) or count + len(job.items) > self.max_batch:
-                self._held = job  # runs next, in its turn
-                break
-            if not job.future.set_running_or_notify_cancel():
+            if isinstance(job, _CallJob):
+                later.append(job)
                 continue
-            jobs.append(job)
-            count += len(job.items)
+            if job is _STOP or count + len(job.items) > self.max_batch:
+                later.append(job)  # starts the next round
+                break
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+                count += len(job.items)
+        self._pending.extend(later)
         return jobs
 
     def _run_images(self, jobs: list[_ImageJob]) -> None:
