@@ -5,6 +5,7 @@ The public API below is what the command line, the HTTP service and the web page
 
 from __future__ import annotations
 
+from .audit import AuditResult, ClassSet, audit, read_class_set
 from .bank_calibration import BankFit, calibrate_bank
 from .banks import LabelBank, builtin_bank_names, read_bank, resolve_banks
 from .calibration import Calibration, CalibrationRun, calibrate
@@ -12,6 +13,7 @@ from .caption import Caption, CaptionLabel, Captioner, caption
 from .classify import Classification, Classifier, LabelScore, classify
 from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images
 from .embed import ImageEmbeddings, embed_images, embed_texts, write_image_embeddings, write_text_embeddings
+from .evaluate import EvalResult, evaluate
 from .errors import CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, UsageError
 from .images import expand_paths, load_image
 from .models import (
@@ -19,6 +21,7 @@ from .models import (
     release_models, resolve_model_dir,
 )
 from .prompts import DEFAULT_TEMPLATE, LabelWarning, read_labels_file, resolve_templates
+from .reports import write_audit_report, write_eval_report
 from .scores import cosine, label_probabilities
 
 __version__ = "0.1.0"
@@ -36,6 +39,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cliplens' has no attribute {name!r}")
 
 __all__ = [
+    "AuditResult", "ClassSet", "EvalResult", "audit", "evaluate", "read_class_set", "write_audit_report",
+    "write_eval_report",
     "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank", "caption",
     "read_bank", "resolve_banks",
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images",

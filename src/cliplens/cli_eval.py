@@ -1,9 +1,195 @@
-"""Commands for `cliplens eval` (placeholder, being written)."""
+"""``cliplens eval`` and ``cliplens audit``: how well a model does on your data, and how it treats groups."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+from rich.markup import escape as rx
+from rich.table import Table
+
+from cliplens.cli_common import (BackendOpt, DeviceOpt, JsonOpt, ModelOpt, PrecisionOpt, command, emit_json, err,
+                                 load_model_with_status, out, progress, rate_updater)
+from cliplens.errors import UsageError
+
+ReportOpt = typer.Option(..., "--report", "-r", help="Folder for report.json, the charts and index.html.")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Encode every image again and cache nothing.")
+BatchOpt = typer.Option(None, "--batch-size", min=1)
+WorkersOpt = typer.Option(None, "--workers", min=1, help="Decode threads.")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the cliplens app."""
+    app.command("eval")(command(eval_command))
+    app.command("audit")(command(audit_command))
+
+
+def _shots(text: Optional[str]) -> list[int]:
+    if not text:
+        return []
+    try:
+        shots = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--few-shot {text!r}: give a number of images per class, e.g. 4 (or several: 1,4,16)") from None
+    return sorted(set(shots))
+
+
+def _f(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def eval_command(dataset: Path = typer.Argument(..., help="A folder with one sub-folder per class, a CSV/JSONL of "
+                                                          "path,label, or a CSV/JSONL of path,caption (retrieval)."),
+                 report: Path = ReportOpt,
+                 labels: Optional[Path] = typer.Option(None, "--labels", help="The classes to score, one per line: "
+                                                       "LABEL, or LABEL = display name (what is prompted)."),
+                 templates: Optional[str] = typer.Option(None, "--templates", help="Template sets to compare, "
+                                                         "comma-separated: default, imagenet, imagenet-7, none, a "
+                                                         "template with {} or a file. The first is reported in full. "
+                                                         "Default: default,imagenet-7,none."),
+                 few_shot: Optional[str] = typer.Option(None, "--few-shot", help="K, or K,K,...: a linear probe on K "
+                                                        "images per class, tested on the rest, beside zero-shot."),
+                 column: Optional[str] = typer.Option(None, "--column", help="The CSV/JSONL column with the label "
+                                                      "(default label) or, for retrieval, the caption (default caption)."),
+                 task: str = typer.Option("auto", "--task", help="auto (label column → classification, caption "
+                                          "column → retrieval), classification or retrieval."),
+                 seed: int = typer.Option(0, "--seed", help="Seed of the few-shot draws."),
+                 no_cache: bool = NoCacheOpt, batch_size: Optional[int] = BatchOpt,
+                 workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt,
+                 device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+                 precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Evaluate a model on your data: zero-shot top-1/top-5, per-class accuracy, confusions, calibration and
+    template sets, a few-shot linear probe; or retrieval recall@1/5/10 on image–caption pairs."""
+    from cliplens.evaluate import detect_task, evaluate, parse_template_sets
+    from cliplens.reports import write_eval_report
+
+    shots = _shots(few_shot)
+    kind = detect_task(dataset, column, task)  # bad datasets fail before the model loads
+    if kind == "classification":
+        parse_template_sets(templates)
+    encoder = load_model_with_status(model, device, backend, precision)
+    with progress("encoding") as bar:
+        bar_task = bar.add_task("encoding", total=None, rate="")
+        result = evaluate(dataset, encoder, labels_file=labels, templates=templates, few_shot=shots, column=column,
+                          task=kind, seed=seed, batch_size=batch_size, workers=workers, use_cache=not no_cache,
+                          on_progress=rate_updater(bar, bar_task, "img"))
+    for error in result.errors:
+        err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
+    with err.status("writing the report"):
+        index = write_eval_report(result, report)
+    data = result.report
+    if as_json:
+        emit_json(data)
+    elif kind == "retrieval":
+        _print_retrieval(data)
+    else:
+        _print_classification(data)
+    err.print(f"report → {index}", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def _print_head(data: dict, what: str) -> None:
+    out.print(f"[bold]{rx(data['model'])}[/] on {rx(data['dataset'])}: {data['images']} images{rx(what)} "
+              f"({data['images_encoded']} encoded, {data['images_cached']} from the cache)", highlight=False)
+
+
+def _print_retrieval(data: dict) -> None:
+    _print_head(data, f", {data['texts']} captions")
+    table = Table("direction", "R@1", "R@5", "R@10", "median rank")
+    for direction, name in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
+        row = data[direction]
+        table.add_row(name, _f(row["recall@1"]), _f(row["recall@5"]), _f(row["recall@10"]), f"{row['median_rank']:g}")
+    out.print(table)
+
+
+def _print_classification(data: dict) -> None:
+    zs = data["zero_shot"]
+    _print_head(data, f", {len(data['classes'])} classes (chance {data['chance']:.3f})")
+    out.print(f"zero-shot with {rx(repr(zs['templates']))}: top-1 [bold]{zs['top1']:.3f}[/], top-5 {_f(zs['top5'])}, "
+              f"mean per-class {zs['mean_per_class_accuracy']:.3f}, expected calibration error {zs['ece']:.4f}",
+              highlight=False)
+    table = Table("template set", "top-1", "top-5", "mean per-class", "ECE", title="template sets")
+    for row in data["template_sets"]:
+        table.add_row(rx(row["name"]), _f(row["top1"]), _f(row["top5"]), _f(row["mean_per_class_accuracy"]),
+                      _f(row["ece"], 4))
+    out.print(table)
+    if data["few_shot"]:
+        table = Table("K per class", "train", "test", "linear probe", "zero-shot (same test)", title="few-shot")
+        for row in data["few_shot"]:
+            table.add_row(str(row["k"]), str(row["train"]), str(row["test"]), _f(row["accuracy"]),
+                          _f(row["zero_shot_accuracy"]))
+        out.print(table)
+    worst = sorted((r for r in zs["per_class"] if r["accuracy"] is not None), key=lambda r: r["accuracy"])[:5]
+    out.print("worst classes: " + ", ".join(f"{r['name']} {r['accuracy']:.2f} ({r['images']})" for r in worst),
+              highlight=False, markup=False)
+    if zs["most_confused"]:
+        top = zs["most_confused"][0]
+        images = f"{top['count']} image{'s' if top['count'] > 1 else ''}"
+        out.print(f"most confused: {top['true']} → {top['predicted']} ({images}, {top['share']:.0%} of the class)",
+                  highlight=False, markup=False)
+
+
+def audit_command(images: Path = typer.Argument(..., help="CSV with the image path and one column per attribute."),
+                  group: List[str] = typer.Option(..., "--group", "-g", help="A column to group images by "
+                                                  "(repeatable; COL1+COL2 for their intersection)."),
+                  classes: Path = typer.Option(..., "--classes", help="Class file: one class per line, "
+                                               "'\\[harmful]' after those whose prediction would harm, '# name: NAME'."),
+                  alt_classes: List[Path] = typer.Option(None, "--alt-classes", help="Another class set to run on "
+                                                         "the same images (repeatable)."),
+                  report: Path = ReportOpt,
+                  template: str = typer.Option("a photo of a {}.", "--template",
+                                               help="Prompt with {} for the class; 'none' for verbatim."),
+                  templates: Optional[str] = typer.Option(None, "--templates", help="Prompt ensemble (as for classify)."),
+                  path_column: str = typer.Option("path", "--path-column", help="The CSV column with image paths."),
+                  bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap resamples."),
+                  confidence: float = typer.Option(0.95, "--confidence", help="Interval level."),
+                  seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+                  no_cache: bool = NoCacheOpt, batch_size: Optional[int] = BatchOpt,
+                  workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt,
+                  device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+                  precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Audit a model for bias: how often each class is predicted for each group, the disparities between
+    groups with bootstrap intervals, harmful classes highlighted, and shifts under other class sets."""
+    from cliplens.audit import audit, read_audit_images, read_class_set
+    from cliplens.reports import write_audit_report
+
+    read_audit_images(images, group)  # bad inputs fail before the model loads
+    sets = [read_class_set(classes)] + [read_class_set(p, "--alt-classes") for p in alt_classes or []]
+    encoder = load_model_with_status(model, device, backend, precision)
+    with progress("encoding") as bar:
+        bar_task = bar.add_task("encoding", total=None, rate="")
+        result = audit(images, encoder, groups=group, classes=sets[0], alt_classes=sets[1:], template=template,
+                       templates=templates, path_column=path_column, bootstrap=bootstrap, confidence=confidence,
+                       seed=seed, batch_size=batch_size, workers=workers, use_cache=not no_cache,
+                       on_progress=rate_updater(bar, bar_task, "img"))
+    for error in result.errors:
+        err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
+    with err.status("writing the report"):
+        index = write_audit_report(result, report)
+    data = result.report
+    if as_json:
+        emit_json(data)
+    else:
+        for line in data["summary"]:
+            out.print(f"• {line}", highlight=False, markup=False)
+        for cs in data["class_sets"]:
+            for column in cs["by_column"]:
+                found = [d for d in column["disparities"] if d["significant"]]
+                if not found:
+                    continue
+                table = Table("class", "largest", "smallest", "difference", f"{data['confidence']:.0%} interval",
+                              "ratio", title=rx(f"disparities: {cs['name']} by {column['column']}"))
+                for d in sorted(found, key=lambda d: -d["difference"]):
+                    name = f"[red]{rx(d['class'])}[/]" if d["harmful"] else rx(d["class"])
+                    table.add_row(name, f"{rx(d['largest']['group'])} {d['largest']['rate']:.1%}",
+                                  f"{rx(d['smallest']['group'])} {d['smallest']['rate']:.1%}",
+                                  f"{d['difference'] * 100:+.1f} pts",
+                                  f"{d['difference_ci'][0] * 100:+.1f} to {d['difference_ci'][1] * 100:+.1f}",
+                                  f"{d['ratio']:.2f}")
+                out.print(table)
+        out.print("[dim]what this audit can and cannot show: see the report[/]", highlight=False)
+    err.print(f"report → {index}", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)

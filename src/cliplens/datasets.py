@@ -46,5 +46,5 @@ def read_labelled_images(source: str | Path, label_column: str = "label") -> Lab
     else:
         raise UsageError(f"{source}: no such dataset (give a folder of class folders or a CSV of path,label)")
     if len(classes) < 2:
-        raise DataError(f"{source}: found {len(classes)} class(es) with images; calibration needs at least two")
+        raise DataError(f"{source}: found {len(classes)} class(es) with images; at least two are needed")
     return LabelledImages(paths, labels, classes)
