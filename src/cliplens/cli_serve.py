@@ -32,10 +32,14 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind 
           model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
           precision: Optional[str] = PrecisionOpt) -> None:
     """Serve the HTTP API and the web page (FastAPI on uvicorn); Ctrl-C lets requests in flight finish."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from cliplens.service import ServiceConfig, create_app
-    from cliplens.service.app import open_index
+        from cliplens.service import ServiceConfig, create_app
+        from cliplens.service.app import open_index
+    except ImportError as exc:
+        raise UsageError(f"cliplens serve needs the serve extra ({exc.name} is missing): "
+                         "pip install 'cliplens[serve]'") from None
 
     if index is not None and not index.is_dir():
         raise UsageError(f"--index {index}: no such folder")
