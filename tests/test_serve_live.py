@@ -74,12 +74,14 @@ def test_graceful_shutdown_lets_a_request_in_flight_finish(tmp_path):
                                         timeout=120)
 
     thread = threading.Thread(target=slow_request)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while scrape_metric(server.url, "cliplens_requests_in_flight") < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)  # (the metrics request itself is one in flight)
-    assert thread.is_alive(), "the request finished before the shutdown could start"
-    code = server.stop()
+    try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while scrape_metric(server.url, "cliplens_requests_in_flight") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # (the metrics request itself is one in flight)
+        assert thread.is_alive(), "the request finished before the shutdown could start"
+    finally:
+        code = server.stop()
     thread.join(60)
     assert answer["response"].status_code == 200 and len(answer["response"].json()["results"]) == 48
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
