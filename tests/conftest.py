@@ -102,6 +102,19 @@ def demo_model():
     return load_model("demo", device="cpu", backend="torch", precision="fp32", cache=False)
 
 
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory) -> Path:
+    """A photo index of 40 demo images (for the service's search tests)."""
+    import cliplens
+    from cliplens.demo_data import write_demo_data
+
+    photos = tmp_path_factory.mktemp("indexed-photos")
+    write_demo_data(photos, 40, seed=99)
+    index = tmp_path_factory.mktemp("demo-index")
+    cliplens.update_index([photos], index, "demo", backend="torch")
+    return index
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import cliplens  # noqa: E402
 from cliplens.bench.serve import png_bytes  # noqa: E402
 from cliplens.curate import rank_vectors  # noqa: E402
-from cliplens.demo_data import generate, write_demo_data  # noqa: E402
+from cliplens.demo_data import generate  # noqa: E402
 from cliplens.service import ServiceConfig, create_app  # noqa: E402
 from cliplens.service.batching import EncoderWorker  # noqa: E402
 from test_images import CORPUS  # noqa: E402
@@ -34,12 +34,8 @@ def shapes() -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    photos = tmp_path_factory.mktemp("served-photos")
-    write_demo_data(photos, 40, seed=99)
-    index = tmp_path_factory.mktemp("served-index")
-    cliplens.update_index([photos], index, "demo", backend="torch")
-    return index
+def index_dir(demo_index):
+    return demo_index
 
 
 @pytest.fixture(scope="module")

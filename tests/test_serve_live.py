@@ -14,7 +14,7 @@ from PIL import Image
 
 import cliplens
 from cliplens.bench.serve import ServerProcess, mixed_calls, png_bytes, scrape_metric, send
-from cliplens.demo_data import ShapeScene, generate, render_scene, write_demo_data
+from cliplens.demo_data import ShapeScene, generate, render_scene
 from conftest import ARTIFACTS
 from test_images import CORPUS
 
@@ -22,12 +22,8 @@ pytest.importorskip("fastapi")
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    photos = tmp_path_factory.mktemp("live-photos")
-    write_demo_data(photos, 40, seed=5)
-    index = tmp_path_factory.mktemp("live-index")
-    cliplens.update_index([photos], index, "demo", backend="torch")
-    return index
+def index_dir(demo_index):
+    return demo_index
 
 
 @pytest.fixture(scope="module")
