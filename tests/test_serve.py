@@ -163,6 +163,8 @@ def test_models_health_and_metrics(client):
     models = client.get("/v1/models").json()
     assert models["models"][0]["id"] == "demo" and models["index"]["files"] == 40
     assert client.get("/healthz").json() == {"status": "ok", "model": "demo"}
+    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    assert client.post("/v1/classify", **_form(image, labels=LABELS)).status_code == 200
     text = client.get("/metrics").text
     assert 'cliplens_requests_total{route="/v1/classify",status="200"}' in text
     assert "cliplens_encoder_batch_images_bucket" in text and 'cliplens_model_info{model="demo"} 1.0' in text
