@@ -11,6 +11,7 @@ from .banks import LabelBank, builtin_bank_names, read_bank, resolve_banks
 from .calibration import Calibration, CalibrationRun, calibrate
 from .caption import Caption, CaptionLabel, Captioner, caption
 from .classify import Classification, Classifier, LabelScore, classify
+from .dream import Dream, dream
 from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images
 from .embed import ImageEmbeddings, embed_images, embed_texts, write_image_embeddings, write_text_embeddings
 from .evaluate import EvalResult, evaluate
@@ -40,7 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "AuditResult", "ClassSet", "EvalResult", "audit", "evaluate", "read_class_set", "write_audit_report",
-    "write_eval_report",
+    "write_eval_report", "Dream", "dream",
     "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank", "caption",
     "read_bank", "resolve_banks",
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images",

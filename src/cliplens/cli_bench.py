@@ -6,7 +6,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -300,6 +300,44 @@ def bench_caption(labels: int = typer.Option(10_000, "--labels", min=1, help="La
                   f"{encoder.info.backend} {encoder.info.precision}, {_machine()})", highlight=False)
     if note:
         err.print(note, highlight=False)
+
+
+@bench_app.command("dream")
+@command
+def bench_dream(labels: List[str] = typer.Argument(None, help="Labels to dream (default: the 30 demo colour × shape labels)."),
+                steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Steps per image (default: dream's, 400)."),
+                seed: int = typer.Option(0, "--seed"),
+                template: Optional[str] = typer.Option(None, "--template", help="Prompt made from each label (default: 'a {}', 'an {}')."),
+                model: str = typer.Option("demo", "--model", "-m", help="Model to dream with (default: the demo model)."),
+                device: Optional[str] = typer.Option(None, "--device"),
+                as_json: bool = JsonOpt) -> None:
+    """Seconds per `cliplens dream` image from noise, and the probability the same model then gives its prompt
+    among all the labels (the demo model's target: ≥ 0.9 in ≤ 60 s)."""
+    from cliplens.bench.dream import bench_dream as run
+    from cliplens.demo_data import DEMO_LABELS
+
+    vocabulary = list(DEMO_LABELS)
+    chosen = list(labels) if labels else vocabulary
+    unknown = [label for label in chosen if label not in vocabulary]
+    if unknown and model == "demo":
+        raise UsageError(f"{unknown[0]!r} is not a demo label (e.g. 'red circle')")
+    encoder = load_model_with_status(model, device, "torch", "fp32")
+    with progress("dreaming", unit="images") as bar:
+        task = bar.add_task("dreaming", total=len(chosen), rate="")
+        result = run(encoder, vocabulary if model == "demo" else chosen, prompts=chosen, template=template,
+                     steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"))
+    figures = {"model": encoder.name, "device": encoder.info.device, "machine": _machine(), **result.to_dict()}
+    if as_json:
+        emit_json(figures)
+        return
+    for r in result.runs:
+        out.print(f"{r.prompt:24s} {r.seconds:6.1f} s  P({r.label}) {r.probability:.3f}  top {r.top}  "
+                  f"similarity {r.start_similarity:.3f} → {r.similarity:.3f}", highlight=False)
+    summary = result.to_dict()
+    out.print(f"{result.passed}/{len(result.runs)} prompts at P ≥ {result.threshold} as the top label among "
+              f"{result.labels}; median P {summary['median_probability']:.3f}, min {summary['min_probability']:.3f}; "
+              f"median {summary['median_seconds']:.1f} s per image, max {summary['max_seconds']:.1f} s "
+              f"({result.runs[0].steps} steps, seed {seed}, {_machine()})", highlight=False)
 
 
 @bench_app.command("serve")
