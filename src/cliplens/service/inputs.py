@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Type
 
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from .errors import ApiError, BodyTooLarge
+from .errors import ApiError
+from .forms import parse_form
 
 MAX_FORM_FIELDS = 2000
 
@@ -84,26 +84,27 @@ async def read_body(request: Request, params: Type[BaseModel], json_model: Type[
         shared = {key: value for key, value in data.items() if key not in image_fields and key != "names"}
         return _validated(params, shared), uploads
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        try:
-            form = await request.form(max_files=max_images + 1, max_fields=MAX_FORM_FIELDS)
-        except (ApiError, BodyTooLarge):
-            raise
-        except Exception as exc:  # starlette's MultiPartException, or a malformed body
-            raise ApiError(400, "bad_form", f"the multipart body could not be read: {exc}") from None
+        parts = parse_form(await request.body(), request.headers["content-type"], max_parts=MAX_FORM_FIELDS)
         uploads, data = {field: [] for field in image_fields}, {}
         list_fields = {name for name, info in params.model_fields.items() if _is_list(info.annotation)}
-        for key in form.keys():
-            values = form.getlist(key)
-            if key in image_fields:
-                for i, value in enumerate(values):
-                    if not isinstance(value, UploadFile):
-                        raise ApiError(422, "invalid_field", f"{key}: must be a file upload")
-                    uploads[key].append(Upload(value.filename or (key if key == "image" else f"{key}-{i}"),
-                                               await value.read()))
+        for part in parts:
+            if part.name in image_fields:
+                if part.filename is None:
+                    raise ApiError(422, "invalid_field", f"{part.name}: must be a file upload")
+                count = len(uploads[part.name])
+                uploads[part.name].append(Upload(part.filename or (part.name if part.name == "image"
+                                                                   else f"{part.name}-{count}"), part.data))
                 continue
-            if any(isinstance(v, UploadFile) for v in values):
-                raise ApiError(422, "invalid_field", f"{key}: must be a text field, not a file")
-            data[key] = list(values) if key in list_fields else values[-1]
+            if part.filename is not None:
+                raise ApiError(422, "invalid_field", f"{part.name}: must be a text field, not a file")
+            try:
+                value = part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(422, "invalid_field", f"{part.name}: not UTF-8 text") from None
+            if part.name in list_fields:
+                data.setdefault(part.name, []).append(value)
+            else:
+                data[part.name] = value
         _check_count(uploads, max_images)
         return _validated(params, data), uploads
     raise ApiError(415, "unsupported_media_type",
