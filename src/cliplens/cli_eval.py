@@ -69,22 +69,26 @@ def eval_command(dataset: Path = typer.Argument(..., help="A folder with one sub
     if kind == "classification":
         parse_template_sets(templates)
     encoder = load_model_with_status(model, device, backend, precision)
+    _run_and_report(lambda on_progress: evaluate(
+        dataset, encoder, labels_file=labels, templates=templates, few_shot=shots, column=column, task=kind, seed=seed,
+        batch_size=batch_size, workers=workers, use_cache=not no_cache, on_progress=on_progress),
+        write_eval_report, report, as_json, _print_retrieval if kind == "retrieval" else _print_classification)
+
+
+def _run_and_report(run, write, report: Path, as_json: bool, show) -> None:
+    """Encode with a progress bar (``run(on_progress)`` gives the result), report skipped images, write the
+    report folder, then print report.json (``--json``) or ``show`` it; exit 1 if any image was skipped."""
     with progress("encoding") as bar:
         bar_task = bar.add_task("encoding", total=None, rate="")
-        result = evaluate(dataset, encoder, labels_file=labels, templates=templates, few_shot=shots, column=column,
-                          task=kind, seed=seed, batch_size=batch_size, workers=workers, use_cache=not no_cache,
-                          on_progress=rate_updater(bar, bar_task, "img"))
+        result = run(rate_updater(bar, bar_task, "img"))
     for error in result.errors:
         err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
     with err.status("writing the report"):
-        index = write_eval_report(result, report)
-    data = result.report
+        index = write(result, report)
     if as_json:
-        emit_json(data)
-    elif kind == "retrieval":
-        _print_retrieval(data)
+        emit_json(result.report)
     else:
-        _print_classification(data)
+        show(result.report)
     err.print(f"report → {index}", highlight=False)
     if result.errors:
         raise typer.Exit(1)
@@ -158,38 +162,29 @@ def audit_command(images: Path = typer.Argument(..., help="CSV with the image pa
     read_audit_images(images, group)  # bad inputs fail before the model loads
     sets = [read_class_set(classes)] + [read_class_set(p, "--alt-classes") for p in alt_classes or []]
     encoder = load_model_with_status(model, device, backend, precision)
-    with progress("encoding") as bar:
-        bar_task = bar.add_task("encoding", total=None, rate="")
-        result = audit(images, encoder, groups=group, classes=sets[0], alt_classes=sets[1:], template=template,
-                       templates=templates, path_column=path_column, bootstrap=bootstrap, confidence=confidence,
-                       seed=seed, batch_size=batch_size, workers=workers, use_cache=not no_cache,
-                       on_progress=rate_updater(bar, bar_task, "img"))
-    for error in result.errors:
-        err.print(f"[yellow]skipped[/] {error.source}: {error.reason}", highlight=False)
-    with err.status("writing the report"):
-        index = write_audit_report(result, report)
-    data = result.report
-    if as_json:
-        emit_json(data)
-    else:
-        for line in data["summary"]:
-            out.print(f"• {line}", highlight=False, markup=False)
-        for cs in data["class_sets"]:
-            for column in cs["by_column"]:
-                found = [d for d in column["disparities"] if d["significant"]]
-                if not found:
-                    continue
-                table = Table("class", "largest", "smallest", "difference", f"{data['confidence']:.0%} interval",
-                              "ratio", title=rx(f"disparities: {cs['name']} by {column['column']}"))
-                for d in sorted(found, key=lambda d: -d["difference"]):
-                    name = f"[red]{rx(d['class'])}[/]" if d["harmful"] else rx(d["class"])
-                    table.add_row(name, f"{rx(d['largest']['group'])} {d['largest']['rate']:.1%}",
-                                  f"{rx(d['smallest']['group'])} {d['smallest']['rate']:.1%}",
-                                  f"{d['difference'] * 100:+.1f} pts",
-                                  f"{d['difference_ci'][0] * 100:+.1f} to {d['difference_ci'][1] * 100:+.1f}",
-                                  f"{d['ratio']:.2f}")
-                out.print(table)
-        out.print("[dim]what this audit can and cannot show: see the report[/]", highlight=False)
-    err.print(f"report → {index}", highlight=False)
-    if result.errors:
-        raise typer.Exit(1)
+    _run_and_report(lambda on_progress: audit(
+        images, encoder, groups=group, classes=sets[0], alt_classes=sets[1:], template=template, templates=templates,
+        path_column=path_column, bootstrap=bootstrap, confidence=confidence, seed=seed, batch_size=batch_size,
+        workers=workers, use_cache=not no_cache, on_progress=on_progress),
+        write_audit_report, report, as_json, _print_audit)
+
+
+def _print_audit(data: dict) -> None:
+    for line in data["summary"]:
+        out.print(f"• {line}", highlight=False, markup=False)
+    for cs in data["class_sets"]:
+        for column in cs["by_column"]:
+            found = [d for d in column["disparities"] if d["significant"]]
+            if not found:
+                continue
+            table = Table("class", "largest", "smallest", "difference", f"{data['confidence']:.0%} interval",
+                          "ratio", title=rx(f"disparities: {cs['name']} by {column['column']}"))
+            for d in sorted(found, key=lambda d: -d["difference"]):
+                name = f"[red]{rx(d['class'])}[/]" if d["harmful"] else rx(d["class"])
+                table.add_row(name, f"{rx(d['largest']['group'])} {d['largest']['rate']:.1%}",
+                              f"{rx(d['smallest']['group'])} {d['smallest']['rate']:.1%}",
+                              f"{d['difference'] * 100:+.1f} pts",
+                              f"{d['difference_ci'][0] * 100:+.1f} to {d['difference_ci'][1] * 100:+.1f}",
+                              f"{d['ratio']:.2f}")
+            out.print(table)
+    out.print("[dim]what this audit can and cannot show: see the report[/]", highlight=False)
