@@ -12,7 +12,6 @@ import httpx
 import pytest
 from PIL import Image
 
-import cliplens
 from cliplens.bench.serve import ServerProcess, mixed_calls, png_bytes, scrape_metric, send
 from cliplens.demo_data import ShapeScene, generate, render_scene
 from conftest import ARTIFACTS

@@ -6,13 +6,14 @@ answer with the same fields as the commands' ``--json`` output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Path, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -143,8 +144,6 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                                      404: ERRORS[400] | {"description": "No such file"}})
     async def thumbnail(file_id: int = Path(ge=0, le=2**63 - 1, description="The id in a search result's thumbnail URL.")):
         """A JPEG thumbnail of an indexed file, by the id search results give (no other file is served)."""
-        import asyncio
-
         data = await asyncio.to_thread(engine().thumbnail, file_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
