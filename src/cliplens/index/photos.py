@@ -202,7 +202,7 @@ class PhotoIndex:
             scores, ids = scores[order], ids[order]
         paths = self.store.paths(ids)
         hits = [SearchHit(paths[int(i)], float(s), int(i)) for s, i in zip(scores[:k], ids[:k])
-                if int(i) in paths and (threshold is None or s >= threshold)]
+                if int(i) in paths and (threshold is None or float(s) >= threshold)]
         return SearchResult(shown, hits)
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:

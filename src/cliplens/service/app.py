@@ -40,14 +40,14 @@ def _body_doc(params: type, json_model: type, files: dict[str, bool]) -> dict:
     form = params.model_json_schema()
     form.pop("title", None)
     form.pop("additionalProperties", None)
+    binary = {"type": "string", "format": "binary"}
     for name, many in files.items():
-        binary = {"type": "string", "format": "binary"}
         form.setdefault("properties", {})[name] = {"type": "array", "items": binary} if many else binary
-    required = [name for name in json_model.model_json_schema().get("required", []) if name in files]
-    if required:
-        form["required"] = sorted(set(form.get("required", [])) | set(required))
     json_schema = json_model.model_json_schema()
     json_schema.pop("title", None)
+    required = [name for name in json_schema.get("required", []) if name in files]
+    if required:
+        form["required"] = sorted(set(form.get("required", [])) | set(required))
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": form},
         "application/json": {"schema": json_schema}}}}

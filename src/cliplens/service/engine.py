@@ -85,9 +85,7 @@ class Engine:
         try:
             image = load_image(upload.data, draft_size=self.encoder.draft_size, pixel_limit=self.config.max_pixels)
             return self.encoder.prepare(image)
-        except ImageLoadError as exc:
-            raise ApiError(422, "bad_image", f"{upload.name}: {exc.reason}") from None
-        except CliplensError as exc:
+        except CliplensError as exc:  # a broken image is 422 with its reason, named as the client named it
             raise from_library(exc, upload.name) from None
 
     async def embed_uploads(self, uploads: Sequence[Upload]) -> np.ndarray:

@@ -37,6 +37,13 @@ def error_response(status: int, kind: str, message: str, headers: dict | None = 
     return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
 
 
+def first_problem(errors: list[dict], skip: tuple[str, ...] = ()) -> str:
+    """The first of pydantic's (or FastAPI's) validation errors as ``field: what is wrong``."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in skip) or "request"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def from_library(exc: CliplensError, where: str | None = None) -> ApiError:
     """The HTTP form of a library error: a bad image is 422, a bad request 400."""
     if isinstance(exc, ImageLoadError):
@@ -65,9 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
-        return error_response(422, "invalid_field", f"{where}: {first.get('msg', 'invalid')}")
+        return error_response(422, "invalid_field", first_problem(exc.errors(), skip=("body",)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -15,7 +15,7 @@ from typing import Type
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from .errors import ApiError
+from .errors import ApiError, first_problem
 from .forms import parse_form
 
 MAX_FORM_FIELDS = 2000
@@ -29,18 +29,16 @@ class Upload:
     data: bytes
 
 
-def validation_message(error: ValidationError) -> str:
-    """The first problem of a pydantic error as ``field: what is wrong``."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-    return f"{where}: {first.get('msg', 'invalid')}"
-
-
 def _validated(model: Type[BaseModel], data: dict) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, "invalid_field", validation_message(exc)) from None
+        raise ApiError(422, "invalid_field", first_problem(exc.errors())) from None
+
+
+def _default_name(field: str, index: int) -> str:
+    """The name of an image sent without one: ``image``, or ``images-0``, ``images-1``, ..."""
+    return field if field == "image" else f"{field}-{index}"
 
 
 def decode_base64(text: str, field: str) -> bytes:
@@ -76,13 +74,11 @@ async def read_body(request: Request, params: Type[BaseModel], json_model: Type[
             values = [] if value is None else [value] if isinstance(value, str) else list(value)
             if names is not None and len(names) != len(values):
                 raise ApiError(422, "invalid_field", f"names: {len(names)} name(s) for {len(values)} image(s)")
-            many = field == "images"
-            uploads[field] = [Upload(names[i] if names else f"{field}-{i}" if many else field,
-                                     decode_base64(v, f"{field}[{i}]" if many else field))
+            uploads[field] = [Upload(names[i] if names else _default_name(field, i),
+                                     decode_base64(v, field if field == "image" else f"{field}[{i}]"))
                               for i, v in enumerate(values)]
         _check_count(uploads, max_images)
-        shared = {key: value for key, value in data.items() if key not in image_fields and key != "names"}
-        return _validated(params, shared), uploads
+        return body, uploads  # json_model extends params: its fields are all there
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         parts = parse_form(await request.body(), request.headers["content-type"], max_parts=MAX_FORM_FIELDS)
         uploads, data = {field: [] for field in image_fields}, {}
@@ -91,9 +87,8 @@ async def read_body(request: Request, params: Type[BaseModel], json_model: Type[
             if part.name in image_fields:
                 if part.filename is None:
                     raise ApiError(422, "invalid_field", f"{part.name}: must be a file upload")
-                count = len(uploads[part.name])
-                uploads[part.name].append(Upload(part.filename or (part.name if part.name == "image"
-                                                                   else f"{part.name}-{count}"), part.data))
+                named = part.filename or _default_name(part.name, len(uploads[part.name]))
+                uploads[part.name].append(Upload(named, part.data))
                 continue
             if part.filename is not None:
                 raise ApiError(422, "invalid_field", f"{part.name}: must be a text field, not a file")
