@@ -6,12 +6,17 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
+# Imported at collection, before any test starts threads: pytest rewrites schemathesis's modules on import,
+# and CPython 3.11 can fail with "AST constructor recursion depth mismatch" when that races another thread.
+schemathesis = pytest.importorskip("schemathesis")
+import schemathesis.specs.openapi.schemas  # noqa: E402,F401  (from_asgi imports it lazily otherwise)
 from fastapi.testclient import TestClient  # noqa: E402
 
 import cliplens  # noqa: E402
@@ -63,7 +68,7 @@ def _error(response, status: int) -> str:
 # --- endpoints give the library's answers ------------------------------------------------------------
 
 def test_classify_multipart_and_json_match_the_library(client, demo_model):
-    image = open(f"{EXAMPLES}/two-red-circles.png", "rb").read()
+    image = Path(f"{EXAMPLES}/two-red-circles.png").read_bytes()
     expected = cliplens.Classifier(LABELS, demo_model).classify(image).to_dict()
     by_form = client.post("/v1/classify", **_form(image, "two-red-circles.png", labels=LABELS))
     by_json = client.post("/v1/classify", json={"image": _b64(image), "labels": LABELS})
@@ -79,13 +84,13 @@ def test_classify_multipart_and_json_match_the_library(client, demo_model):
 
 
 def test_classify_says_none_of_these_when_no_label_fits(client):
-    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     body = client.post("/v1/classify", **_form(image, labels=["a red circle", "a green triangle"])).json()
     assert body["none_of_these"] >= 0.5 and "star" in body["looks_like"]
 
 
 def test_classify_template_and_multi_label_options(client):
-    image = open(f"{EXAMPLES}/two-red-circles.png", "rb").read()
+    image = Path(f"{EXAMPLES}/two-red-circles.png").read_bytes()
     verbatim = client.post("/v1/classify", **_form(image, labels=LABELS, template="none")).json()
     multi = client.post("/v1/classify", json={"image": _b64(image), "labels": LABELS, "multi_label": True}).json()
     assert verbatim["labels"][0]["label"] == "a red circle"
@@ -94,7 +99,7 @@ def test_classify_template_and_multi_label_options(client):
 
 
 def test_caption_matches_the_library(client, demo_model):
-    image = open(f"{EXAMPLES}/three-yellow-triangles.png", "rb").read()
+    image = Path(f"{EXAMPLES}/three-yellow-triangles.png").read_bytes()
     expected = cliplens.Captioner(demo_model).caption(image)
     body = client.post("/v1/caption", **_form(image, "tri.png")).json()
     assert body["caption"] == expected.caption and "triangle" in body["caption"]
@@ -140,7 +145,7 @@ def test_search_the_index_by_text_and_image_with_thumbnails(client, index_dir):
     thumb = client.get(body["results"][0]["thumbnail"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
-    first = open(body["results"][0]["path"], "rb").read()
+    first = Path(body["results"][0]["path"]).read_bytes()
     by_image = client.post("/v1/search", files={"image": ("q.png", first, "image/png")}, data={"k": "3"}).json()
     assert by_image["results"][0]["path"] == body["results"][0]["path"]
     _error(client.get("/v1/thumbnails/999999"), 404)
@@ -162,7 +167,7 @@ def test_models_health_and_metrics(client):
     models = client.get("/v1/models").json()
     assert models["models"][0]["id"] == "demo" and models["index"]["files"] == 40
     assert client.get("/healthz").json() == {"status": "ok", "model": "demo"}
-    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     assert client.post("/v1/classify", **_form(image, labels=LABELS)).status_code == 200
     text = client.get("/metrics").text
     assert 'cliplens_requests_total{route="/v1/classify",status="200"}' in text
@@ -197,7 +202,7 @@ def test_every_broken_image_answers_422_with_its_reason(client, name, build, exp
 
 
 def test_request_mistakes_name_the_field(client):
-    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     assert "labels" in _error(client.post("/v1/classify", files={"image": ("a.png", image, "image/png")}), 422)
     assert "image" in _error(client.post("/v1/classify", data={"labels": ["x"]}), 422)
     assert "image" in _error(client.post("/v1/classify", json={"labels": ["x"]}), 422)
@@ -227,7 +232,7 @@ def test_uploads_over_the_limit_answer_413(demo_model):
 
         streamed = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
         assert "upload limit" in _error(streamed, 413)
-        assert client.post("/v1/classify", **_form(open(f"{EXAMPLES}/blue-star.png", "rb").read(),
+        assert client.post("/v1/classify", **_form(Path(f"{EXAMPLES}/blue-star.png").read_bytes(),
                                                     labels=LABELS)).status_code == 200
 
 
@@ -240,7 +245,7 @@ def test_images_over_the_pixel_limit_answer_422(demo_model):
 
 
 def test_api_key_is_required_except_for_health_and_the_page(demo_model, monkeypatch):
-    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     monkeypatch.setenv("CLIPLENS_API_KEY", "s3cret")
     app = create_app(ServiceConfig(model="demo"), encoder=demo_model)  # the key from the environment
     with TestClient(app) as client:
@@ -264,7 +269,7 @@ def test_cors_is_off_unless_configured(demo_model):
 
 def test_slow_requests_answer_504_and_the_service_recovers(demo_model):
     app = create_app(ServiceConfig(model="demo", request_timeout=0.3, api_key=""), encoder=demo_model)
-    image = open(f"{EXAMPLES}/blue-star.png", "rb").read()
+    image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     with TestClient(app) as client:
         client.post("/v1/classify", **_form(image, labels=LABELS))  # label embeddings built
         app.state.engine.worker.submit(lambda: time.sleep(1.0))  # the model is busy for a second
@@ -315,7 +320,6 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on(demo_model):
 # --- property-based: nothing the schema allows makes the service fail ---------------------------------
 
 def test_fuzzing_from_the_openapi_document_finds_no_5xx(client):
-    schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
