@@ -1,0 +1,394 @@
+"""``cliplens bench``: commands that print speed, memory and parity figures (never timed tests)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+import cliplens
+from cliplens.cli.common import (ModelOpt, add, at_least, emit_json, err, load_model_with_status, new_app,
+                                 out, progress, rate_updater)
+from cliplens.errors import UsageError
+
+bench_app = new_app("Benchmarks: speed against plain transformers, cold start, memory, parity, search, serve, dream.")
+
+BenchModelOpt = typer.Option(None, "--model", "-m", metavar="MODEL",
+                             help="Model to time (default: a ViT-B/32 with random weights; speed does not depend on "
+                                  "them).")
+BenchBackendOpt = typer.Option(None, "--backend", metavar="NAME", help="torch, onnx or auto (default auto).")
+BenchPrecisionOpt = typer.Option(None, "--precision", metavar="NAME",
+                                 help="fp32, bf16, fp16, int8 or auto (default auto).")
+JsonOpt = typer.Option(False, "--json", help="Print the figures as one JSON object on stdout.")
+ImagesOpt = typer.Option(None, "--images", metavar="DIR", help="Folder of images (default: generated ones).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
+    for name, fn in (("embed", bench_embed), ("text", bench_text), ("coldstart", bench_coldstart),
+                     ("memory", bench_memory), ("parity", bench_parity), ("search", bench_search),
+                     ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve)):
+        add(bench_app, name, fn)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+
+
+def _bench_model(model: Optional[str]) -> tuple[str, Path, str]:
+    """(name, folder, note) of the model to time; the default ViT-B/32 is made once, with a note saying so."""
+    from cliplens.bench.data import BENCH_MODEL, vit_b32_dir
+
+    if model is None:
+        with err.status("making a ViT-B/32 with random weights for timing (once)"):
+            folder = vit_b32_dir()
+        return BENCH_MODEL, folder, "ViT-B/32 (openai/clip-vit-base-patch32's architecture) with random weights: speed does not depend on their values"
+    return model, cliplens.resolve_model_dir(model, allow_download=False), ""
+
+
+def _photos(images: Optional[Path], n: int) -> list[Path]:
+    from cliplens.bench.data import PHOTO_SIZE, photo_folder, photo_paths
+
+    if images is not None:
+        paths = cliplens.expand_paths([images])
+        if not paths:
+            raise UsageError(f"--images {images}: no images found")
+        return paths[:n] if n else paths
+    paths = photo_paths(n)
+    if not all(path.exists() for path in paths):
+        with progress(f"generating {n} photo-sized JPEGs ({PHOTO_SIZE[0]}×{PHOTO_SIZE[1]}, once)") as bar:
+            task = bar.add_task("generating", total=n, rate="")
+            photo_folder(n, on_progress=rate_updater(bar, task, "img"))
+    return paths
+
+
+def _require_clip(folder: Path) -> None:
+    import json
+
+    kind = json.loads((folder / "config.json").read_text()).get("model_type")
+    if kind != "clip":
+        raise UsageError(f"{folder}: the reference loop uses CLIPModel and CLIPProcessor; give a CLIP checkpoint")
+
+
+def _report_throughput(result, unit: str, detail: str, note: str, as_json: bool) -> None:
+    """Print a throughput comparison, or exactly {model, UNIT, cliplens_UNIT_per_s, reference_UNIT_per_s, ratio}."""
+    if as_json:
+        emit_json({"model": result.model, unit: result.items,
+                   f"cliplens_{unit}_per_s": round(result.cliplens_per_s, 2),
+                   f"reference_{unit}_per_s": round(result.reference_per_s, 2), "ratio": round(result.ratio, 2)})
+        return
+    out.print(f"cliplens ({result.backend} {result.precision})  {result.cliplens_per_s:7.1f} {unit}/s\n"
+              f"transformers loop (fp32)      {result.reference_per_s:7.1f} {unit}/s\n"
+              f"ratio                         {result.ratio:7.2f}×  ({result.items} {unit}, {detail}, {_machine()})",
+              highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_embed(images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (default: 200 generated 3000×2000 JPEGs)."),
+                n: int = typer.Option(200, "-n", callback=at_least(1), help="How many images to use."),
+                rounds: int = typer.Option(2, "--rounds", callback=at_least(1), help="Alternating rounds per path."),
+                model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Images/s from files to embeddings: cliplens against a plain transformers loop, same model and files."""
+    from cliplens.bench.throughput import image_throughput
+
+    name, folder, note = _bench_model(model)
+    _require_clip(folder)
+    paths = _photos(images, n)
+    load_model_with_status(str(folder), None, backend, precision)  # a first ONNX export shows its steps here, untimed
+    with err.status(f"timing {len(paths)} images, {rounds} alternating rounds per path"):
+        result = image_throughput(paths, name, folder, rounds=rounds, backend=backend, precision=precision)
+    _report_throughput(result, "images", f"{rounds} rounds", note, as_json)
+
+
+def bench_text(n: int = typer.Option(1000, "-n", callback=at_least(1), help="How many prompts (ImageNet classes, 'a photo of a {}.')."),
+               rounds: int = typer.Option(2, "--rounds", callback=at_least(1), help="Alternating rounds per path."),
+               model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+               precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Texts/s: cliplens against a plain transformers loop (CLIPProcessor + get_text_features, batch 32)."""
+    from cliplens.bench.throughput import text_throughput
+    name, folder, note = _bench_model(model)
+    _require_clip(folder)
+    classes = cliplens.imagenet_classes()
+    texts = [f"a photo of a {classes[i % len(classes)]}." for i in range(n)]
+    load_model_with_status(str(folder), None, backend, precision)
+    with err.status(f"timing {len(texts)} texts, {rounds} alternating rounds per path"):
+        result = text_throughput(texts, name, folder, rounds=rounds, backend=backend, precision=precision)
+    _report_throughput(result, "texts", f"{rounds} rounds", note, as_json)
+
+
+def bench_coldstart(runs: int = typer.Option(5, "--runs", callback=at_least(1),
+                                           help="Fresh processes timed after the first (untimed) one."),
+                    model: Optional[str] = BenchModelOpt, as_json: bool = JsonOpt) -> None:
+    """Wall time of `cliplens classify PHOTO dog cat car tree house` as a fresh process, export cached."""
+    from cliplens.bench.process import cold_start
+
+    name, folder, note = _bench_model(model)
+    image = _photos(None, 1)[0]
+    load_model_with_status(str(folder), None)  # the export is made (and cached) before anything is timed
+    with err.status(f"running `cliplens classify` {runs + 1} times"):
+        result = cold_start(image, ["dog", "cat", "car", "tree", "house"], str(folder), runs=runs, shown_model=name)
+    figures = {"model": name, "command": result.command, "first_run_s": round(result.first_run_s, 3),
+               "wall_s_median": round(result.wall_s_median, 3), "wall_s_min": round(result.wall_s_min, 3),
+               "runs": result.runs, "target_s": 3.0}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"{result.command}\n"
+              f"first run (reference vocabulary embedded and cached) {result.first_run_s:.2f} s\n"
+              f"later runs: median {result.wall_s_median:.2f} s, best {result.wall_s_min:.2f} s "
+              f"over {runs} fresh processes (target ≤ 3 s; {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_memory(count: int = typer.Option(10_000, "--images", callback=at_least(1), help="How many images to index."),
+                 model: Optional[str] = BenchModelOpt, as_json: bool = JsonOpt) -> None:
+    """Peak resident memory of `cliplens index` over many photo-sized JPEGs into a new index, in a process of its own."""
+    from cliplens.bench.data import bench_root, many_files
+    from cliplens.bench.process import index_memory
+
+    name, folder, note = _bench_model(model)
+    photos = _photos(None, min(count, 200))
+    with err.status(f"writing {count} distinct copies of {len(photos)} generated photos"):
+        images = many_files(photos[0].parent, count, f"many-{count}")
+    load_model_with_status(str(folder), None)
+    try:
+        with err.status(f"indexing {count} images in a separate process"):
+            result = index_memory(images, count, str(folder), bench_root() / "memory-index", shown_model=name)
+    finally:  # the copies take about 1.7 MB each: do not leave them in the cache
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(bench_root() / "memory-index", ignore_errors=True)
+    figures = {"model": name, "images": count, "peak_rss_mb": round(result.peak_rss_mb, 1),
+               "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_s, 2),
+               "target_mb": 2048, "command": result.command}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"{result.command}\npeak RSS {result.peak_rss_mb:.0f} MB over {count} images "
+              f"({result.images_per_s:.1f} images/s; target ≤ 2048 MB; {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_parity(model: Optional[str] = ModelOpt,
+                 images: Optional[Path] = typer.Option(None, "--images", help="Folder of held-out images (default: generated scenes)."),
+                 labels_file: Optional[Path] = typer.Option(None, "--labels-file", metavar="FILE", help="Labels for top-1 agreement (default: demo labels, or ImageNet classes for --images)."),
+                 n: int = typer.Option(500, "-n", callback=at_least(1), help="How many images."),
+                 as_json: bool = JsonOpt) -> None:
+    """ONNX fp32 against torch, int8 against fp32, bf16 against fp32: cosines and top-1 agreement.
+
+    The ONNX verdicts are kept with the export: `--backend auto` uses a precision only if it passed.
+    """
+    from cliplens.bench.parity import check_parity
+
+    paths = None
+    if images is not None:
+        paths = cliplens.expand_paths([images])[:n]
+        if not paths:
+            raise UsageError(f"--images {images}: no images found")
+    labels = cliplens.read_labels_file(labels_file) if labels_file else None
+    status = err.status("checking parity")
+    with status:
+        results = check_parity(model, images=paths, labels=labels, n=n, on_status=status.update)
+    name = model or cliplens.DEFAULT_MODEL
+    rows = [r.to_dict() for r in results]
+    if as_json:
+        emit_json({"model": name, "images": results[0].images, "labels": results[0].labels,
+                    "passed": all(r.passed for r in results if r.precision != "bf16"), "results": rows})
+    else:
+        from rich.table import Table
+
+        table = Table("precision", "against", "image cos mean", "image cos min", "text cos mean", "top-1 agreement", "passed")
+        for r in results:
+            table.add_row(r.precision, r.reference, f"{r.image_cosine_mean:.6f}", f"{r.image_cosine_min:.6f}",
+                          f"{r.text_cosine_mean:.6f}", f"{r.top1_agreement:.3f}", "yes" if r.passed else "NO")
+        out.print(table)
+        err.print(f"{name}: {results[0].images} images, {results[0].labels} labels. fp32 must stay within cosine "
+                  "0.9999 of torch; int8 and bf16 need mean cosine ≥ 0.99 and top-1 agreement ≥ 99%.", highlight=False)
+    if not all(r.passed for r in results if r.precision != "bf16"):
+        raise typer.Exit(1)
+
+
+def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at_least(1), help="How many vectors to index."),
+                 dim: int = typer.Option(512, "--dim", callback=at_least(2), help="Their dimension (ViT-B/32: 512)."),
+                 queries: int = typer.Option(200, "--queries", callback=at_least(1), help="Single queries to time (not in the index)."),
+                 memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb", callback=at_least(1),
+                                                                  help="Memory the index may use (MB = 2^20 bytes; default: no limit)."),
+                 exact_below: int = typer.Option(100_000, "--exact-below", callback=at_least(0),
+                                                 help="Exact search below this many vectors, as cliplens does."),
+                 seed: int = typer.Option(0, "--seed", help="Seed of the synthetic vectors."),
+                 as_json: bool = JsonOpt) -> None:
+    """Photo search: single queries against the vector index cliplens chooses, and against numpy brute force.
+
+    Synthetic clustered vectors (normalised, CLIP-like); queries are held out from the index.
+    """
+    from cliplens.bench.search import BRUTEFORCE_QUERIES, search_benchmark
+
+    status = err.status("preparing")
+    with status:
+        result = search_benchmark(vectors, dim, queries=queries, memory_budget_mb=memory_budget_mb,
+                                  exact_below=exact_below, seed=seed, on_status=status.update)
+    params = ", ".join(f"{k} {v:g}" for k, v in result.params.items()) or "exact search"
+    built = (f"{result.index} ({params}; recall@10 {result.tuned_recall:.3f} when tuned) built in "
+             f"{result.build_s:.0f} s; {result.queries} held-out single queries; brute force timed on "
+             f"{min(result.queries, BRUTEFORCE_QUERIES)}")
+    if as_json:
+        emit_json({"vectors": result.vectors, "dim": result.dim, "index": result.index,
+                   "p50_ms": round(result.p50_ms, 3), "p99_ms": round(result.p99_ms, 3),
+                   "recall_at_10": round(result.recall_at_10, 4), "memory_mb": round(result.memory_mb, 1),
+                   "qps": round(result.qps, 1), "bruteforce_qps": round(result.bruteforce_qps, 2),
+                   "ratio": round(result.ratio, 2)})
+        err.print(built, highlight=False)
+        return
+    out.print(f"{result.index}, {result.vectors:,} × {result.dim}\n"
+              f"single queries     p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, {result.qps:,.0f} queries/s\n"
+              f"recall@10          {result.recall_at_10:.3f} against exact search\n"
+              f"memory             {result.memory_mb:,.0f} MB\n"
+              f"numpy brute force  {result.bruteforce_qps:,.1f} queries/s; ratio {result.ratio:,.1f}×  ({_machine()})",
+              highlight=False)
+    err.print(built, highlight=False)
+
+
+def bench_caption(labels: int = typer.Option(10_000, "--labels", callback=at_least(1), help="Labels in all banks (general banks plus generated ones)."),
+                  runs: int = typer.Option(20, "--runs", callback=at_least(1), help="Warm calls timed per measurement."),
+                  image: Optional[Path] = typer.Option(None, "--image", help="Image to caption (default: a generated 3000×2000 JPEG)."),
+                  model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                  precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """A warm caption call against encoding the image alone, with banks of many labels (target: ≤ +50 ms)."""
+    from cliplens.bench.caption import time_caption
+
+    name, folder, note = _bench_model(model)
+    target = image if image is not None else _photos(None, 1)[0]
+    if not target.is_file():
+        raise UsageError(f"--image {target}: no such file")
+    encoder = load_model_with_status(str(folder), None, backend, precision)
+    with progress("embedding banks (once; cached)", unit="texts") as bar:
+        tasks: dict[str, object] = {}
+
+        def on_progress(bank: str, done: int, total: int) -> None:
+            if bank not in tasks:
+                tasks[bank] = bar.add_task(f"bank {bank}", total=total, rate="")
+            bar.update(tasks[bank], completed=done, total=total)
+
+        timing = time_caption(encoder, target, labels=labels, runs=runs, on_progress=on_progress)
+    figures = {"model": name, "backend": encoder.info.backend, "precision": encoder.info.precision,
+               "labels": timing.labels, "banks": timing.banks, "runs": timing.runs, "texts_encoded": timing.texts_encoded,
+               "encode_ms": round(timing.encode_ms, 2), "caption_ms": round(timing.caption_ms, 2),
+               "overhead_ms": round(timing.overhead_ms, 2), "scoring_ms": round(timing.scoring_ms, 2)}
+    if as_json:
+        emit_json(figures)
+    else:
+        out.print(f"encode image                {timing.encode_ms:8.1f} ms\n"
+                  f"caption (encode + banks)    {timing.caption_ms:8.1f} ms\n"
+                  f"overhead                    {timing.overhead_ms:8.1f} ms  (target ≤ 50)\n"
+                  f"scoring an embedded image   {timing.scoring_ms:8.1f} ms\n"
+                  f"({timing.labels} labels in {timing.banks} banks, {timing.texts_encoded} texts encoded to build, "
+                  f"median of {timing.runs} warm calls, "
+                  f"{encoder.info.backend} {encoder.info.precision}, {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_dream(labels: List[str] = typer.Argument(None, help="Labels to dream (default: the 30 demo colour × shape labels)."),
+                steps: Optional[int] = typer.Option(None, "--steps", callback=at_least(1), help="Steps per image (default: dream's, 400)."),
+                seed: int = typer.Option(0, "--seed", help="Seed of each dream."),
+                template: Optional[str] = typer.Option(None, "--template", help="Prompt made from each label (default: 'a {}', 'an {}')."),
+                model: str = typer.Option("demo", "--model", "-m", help="Model to dream with (default: the demo model)."),
+                device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA if present)."),
+                as_json: bool = JsonOpt) -> None:
+    """Seconds per `cliplens dream` image from noise, and the probability the same model then gives its prompt
+    among all the labels (the demo model's target: ≥ 0.9 in ≤ 60 s)."""
+    from cliplens.bench.dream import bench_dream as run
+    vocabulary = list(cliplens.DEMO_LABELS)
+    chosen = list(labels) if labels else vocabulary
+    unknown = [label for label in chosen if label not in vocabulary]
+    if unknown and model == "demo":
+        raise UsageError(f"{unknown[0]!r} is not a demo label (e.g. 'red circle')")
+    encoder = load_model_with_status(model, device, "torch", "fp32")
+    with progress("dreaming", unit="images") as bar:
+        task = bar.add_task("dreaming", total=len(chosen), rate="")
+        result = run(encoder, vocabulary if model == "demo" else chosen, prompts=chosen, template=template,
+                     steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"))
+    figures = {"model": encoder.name, "device": encoder.info.device, "machine": _machine(), **result.to_dict()}
+    if as_json:
+        emit_json(figures)
+        return
+    for r in result.runs:
+        out.print(f"{r.prompt:24s} {r.seconds:6.1f} s  P({r.label}) {r.probability:.3f}  top {r.top}  "
+                  f"similarity {r.start_similarity:.3f} → {r.similarity:.3f}", highlight=False)
+    summary = result.to_dict()
+    out.print(f"{result.passed}/{len(result.runs)} prompts at P ≥ {result.threshold} as the top label among "
+              f"{result.labels}; median P {summary['median_probability']:.3f}, min {summary['min_probability']:.3f}; "
+              f"median {summary['median_seconds']:.1f} s per image, max {summary['max_seconds']:.1f} s "
+              f"({result.runs[0].steps} steps, seed {seed}, {_machine()})", highlight=False)
+
+
+def bench_serve(requests: int = typer.Option(256, "--requests", "-n", callback=at_least(1), help="Classify requests per measurement."),
+                concurrency: int = typer.Option(16, "--concurrency", callback=at_least(2), help="Concurrent clients."),
+                load: bool = typer.Option(False, "--load", help="Also run the load test: 1000 mixed requests from 32 clients."),
+                images: Optional[Path] = typer.Option(None, "--images", help="Images to send (default: generated photo-sized JPEGs, or demo shapes with --model demo)."),
+                model: Optional[str] = BenchModelOpt, backend: Optional[str] = BenchBackendOpt,
+                precision: Optional[str] = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Classify throughput of `cliplens serve` with concurrent clients (merged batches) against one at a time."""
+    from cliplens.bench.serve import ServerProcess, classify_calls, mixed_calls, scrape_metric, send
+
+    name, folder, note = _bench_model(model)
+    payloads = _serve_payloads(images, name)
+    args = ["--model", str(folder)] + (["--backend", backend] if backend else []) + \
+           (["--precision", precision] if precision else [])
+    calls = classify_calls(payloads, requests)
+    figures: dict = {"model": name, "requests": requests, "concurrency": concurrency, "machine": _machine()}
+    with err.status("starting cliplens serve (dynamic batching on)") as status:
+        with ServerProcess(args) as server:
+            send(server.url, calls[:concurrency], concurrency)  # warm: label embeddings, first batches
+            status.update(f"{requests} classify requests one at a time")
+            one = send(server.url, calls, 1)
+            before = scrape_metric(server.url, "cliplens_encoder_batch_images_count")
+            status.update(f"{requests} classify requests from {concurrency} clients")
+            many = send(server.url, calls, concurrency)
+            batches = scrape_metric(server.url, "cliplens_encoder_batch_images_count") - before
+            if load:
+                status.update("load test: 1000 mixed requests from 32 clients")
+                figures["load"] = send(server.url, mixed_calls(payloads, 1000, search=False, seed=1), 32).to_dict()
+        status.update(f"{requests} classify requests from {concurrency} clients, batching off (--max-batch 1)")
+        with ServerProcess(args + ["--max-batch", "1"]) as server:
+            send(server.url, calls[:concurrency], concurrency)
+            unbatched = send(server.url, calls, concurrency)
+    figures |= {"sequential": one.to_dict(), "concurrent": many.to_dict(), "concurrent_unbatched": unbatched.to_dict(),
+                "mean_batch_images": round(requests / batches, 2) if batches else None,
+                "speedup": round(many.throughput / one.throughput, 2),
+                "speedup_unbatched": round(unbatched.throughput / one.throughput, 2)}
+    if as_json:
+        emit_json(figures)
+    else:
+        rows = [("one at a time", one), (f"{concurrency} clients, merged batches", many),
+                (f"{concurrency} clients, batching off", unbatched)]
+        for label, result in rows:
+            out.print(f"{label:<34} {result.throughput:7.1f} req/s   p50 {result.percentile(50) * 1000:7.1f} ms   "
+                      f"p99 {result.percentile(99) * 1000:7.1f} ms", highlight=False)
+        out.print(f"throughput with {concurrency} clients: {figures['speedup']:.2f}× one at a time "
+                  f"(target ≥ 2×; {figures['speedup_unbatched']:.2f}× without batching); "
+                  f"{figures['mean_batch_images']} images per merged batch", highlight=False)
+        if load:
+            result = figures["load"]
+            out.print(f"load test: {result['requests']} mixed requests from 32 clients, {result['server_errors']} 5xx, "
+                      f"statuses {result['statuses']}, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms", highlight=False)
+        out.print(f"({name}, {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def _serve_payloads(images: Optional[Path], model: str) -> list[bytes]:
+    """Image files to send: the user's, demo shapes for the demo model, else photo-sized JPEGs."""
+    if images is not None or model != "demo":
+        return [path.read_bytes() for path in _photos(images, 16)]
+    from cliplens.bench.serve import demo_payloads
+
+    return demo_payloads(16)

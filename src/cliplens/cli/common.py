@@ -1,0 +1,314 @@
+"""What every command shares: the conventions of the ``cliplens`` command line, kept in one place.
+
+- Options with the same meaning have the same name everywhere (see the option objects below).
+- Library errors name their parameter; :func:`command` renders it as the command's own flag or argument.
+- Outputs are checked with :func:`check_output` before any work starts; an existing output is replaced
+  only with ``--overwrite``.
+- Help shows each option's value as a word (``--labels-file FILE``), never as a type tag, and every
+  option has a help line (``tests/test_cli_help.py`` walks every command to check).
+- ``--json`` prints one JSON object on stdout; results go to stdout, progress and messages to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+import cliplens
+from cliplens.errors import CliplensError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+state = {"debug": False}
+
+
+# --- help: values as words, no type tags -----------------------------------------------------------------
+
+class _Option(TyperOption):
+    """An option whose help shows its value as a word (``N``, ``FILE``) and no type or range tags."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return "" if self.is_flag else self.metavar
+
+    def _get_number_range_help_str(self) -> str | None:
+        return None
+
+
+class _Argument(TyperArgument):
+    """An argument named in capitals in help and usage (``IMAGE``, ``LABELS...``), without type tags or braces."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+    def _get_number_range_help_str(self) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        return self.metavar if self.required else f"[{self.metavar}]"
+
+
+def _tidy(params: list) -> None:
+    """Give every parameter a value word and plain help (brackets in help are text, not markup)."""
+    for param in params:
+        if isinstance(param, (_Argument, _Option)):
+            continue  # tidied already
+        if isinstance(param, TyperArgument):
+            param.__class__ = _Argument
+            if param.metavar is None:
+                param.metavar = (param.name or "").upper() + ("..." if param.nargs != 1 else "")
+        elif isinstance(param, TyperOption):
+            param.__class__ = _Option
+            if param.metavar is None and not param.is_flag:
+                param.metavar = (param.name or "").upper()
+        else:
+            continue
+        if param.help:
+            param.help = escape(param.help)
+
+
+class Command(TyperCommand):
+    """Every cliplens command: tidy help (see :func:`_tidy`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _tidy(self.params)
+        self.help = escape(self.help) if self.help else self.help
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _tidy(params)  # the help option is made on demand
+        return params
+
+
+class Group(TyperGroup):
+    """Every cliplens command group: tidy help for its own options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _tidy(self.params)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _tidy(params)
+        return params
+
+
+def new_app(help: str) -> typer.Typer:
+    """A command group with cliplens's conventions."""
+    return typer.Typer(help=help, cls=Group, no_args_is_help=True, pretty_exceptions_enable=False,
+                       add_completion=False)
+
+
+def add(app: typer.Typer, name: str, fn: Callable) -> None:
+    """Register ``fn`` as the command ``name`` of ``app``, with errors handled as :func:`command` does."""
+    app.command(name, cls=Command)(command(fn))
+
+
+# --- shared options -------------------------------------------------------------------------------------
+
+def at_least(low: float) -> Callable:
+    """A callback refusing values below ``low`` (typer's own ranges would print a type tag in the help)."""
+    def check(value):
+        if value is not None and value < low:
+            raise typer.BadParameter(f"must be at least {low:g} (got {value:g})")
+        return value
+    return check
+
+
+def between(low: float, high: float) -> Callable:
+    def check(value):
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"must be between {low:g} and {high:g} (got {value:g})")
+        return value
+    return check
+
+
+ModelOpt = typer.Option(None, "--model", "-m", envvar="CLIPLENS_MODEL", metavar="MODEL",
+                        help="Hub id, local folder or alias (demo). Default: openai/clip-vit-base-patch32.")
+DeviceOpt = typer.Option(None, "--device", envvar="CLIPLENS_DEVICE", metavar="DEVICE",
+                         help="cpu, cuda, cuda:1, mps. Default: CUDA if present.")
+BackendOpt = typer.Option(None, "--backend", envvar="CLIPLENS_BACKEND", metavar="NAME",
+                          help="torch, onnx or auto (default: ONNX Runtime on a CPU, torch on a GPU).")
+PrecisionOpt = typer.Option(None, "--precision", envvar="CLIPLENS_PRECISION", metavar="NAME",
+                            help="fp32, bf16, fp16, int8 or auto (default: int8 on ONNX when it passed parity, "
+                                 "fp16 on GPU).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout (the fields of the HTTP API).")
+BatchOpt = typer.Option(None, "--batch-size", metavar="N", callback=at_least(1),
+                        help="Images per model call (default: the runtime's best).")
+WorkersOpt = typer.Option(None, "--workers", metavar="N", callback=at_least(1),
+                          help="Threads decoding images ahead of the model (default: cores, at most 4).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace outputs that already exist.")
+TopOpt = typer.Option(None, "--top", "-k", metavar="N", callback=at_least(1), help="Keep the best N results.")
+LabelsFileOpt = typer.Option(None, "--labels-file", metavar="FILE",
+                             help="Labels, one per line ('#' comments and blank lines are skipped).")
+TemplateOpt = typer.Option("a photo of a {}.", "--template", metavar="TEXT",
+                           help="One prompt with {} for the label; 'none' for labels verbatim.")
+TemplatesOpt = typer.Option(None, "--templates", metavar="SET",
+                            help="A template set instead: imagenet (80 templates), imagenet-7, none (verbatim), a "
+                                 "file of templates, or a template with {}.")
+
+
+# --- running a command ----------------------------------------------------------------------------------
+
+def parameter_names(fn: Callable) -> dict[str, tuple[str, bool]]:
+    """How a command names each of its parameters: options by their long flag, arguments in capitals
+    (with True for an argument, whose value alone names it in a message)."""
+    from typer.models import ArgumentInfo, OptionInfo
+
+    names = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        info = param.default
+        if isinstance(info, OptionInfo):
+            decls = list(info.param_decls or ())
+            names[name] = (next((d for d in decls if d.startswith("--")), decls[0] if decls else f"--{name}"), False)
+        elif isinstance(info, ArgumentInfo):
+            names[name] = (info.metavar or name.upper(), True)
+    return names
+
+
+#: Remedies that another command gives, for the commands that do not have them.
+REMEDIES_ELSEWHERE = {"reindex": "cliplens index FOLDER --reindex --model MODEL"}
+
+
+def error_message(exc: CliplensError, names: dict[str, tuple[str, bool]] | None = None) -> str:
+    """A library error as one line in a command's own terms (``names``: see :func:`parameter_names`)."""
+    parameter = exc.parameter
+    name, argument = (names or {}).get(parameter, (None, False)) if parameter else (None, False)
+    if name is None and parameter and parameter.isupper():
+        name = parameter  # an environment variable names itself
+    if name is not None:
+        message = exc.describe(name, named=not (argument and exc.value))
+    else:
+        message = exc.describe(named=False)
+    if exc.remedy and exc.remedy in (names or {}):
+        message += f" ({(names or {})[exc.remedy][0]})"
+    elif exc.remedy in REMEDIES_ELSEWHERE:
+        message += f" ({REMEDIES_ELSEWHERE[exc.remedy]})"
+    return message
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+
+
+def command(fn):
+    """Run a command with typed errors turned into one-line messages and exit codes."""
+    names = parameter_names(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _one_line_warning
+        quiet_transformers()
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CliplensError as exc:
+            if state["debug"]:
+                raise
+            err.print(f"[red]error:[/] {escape(error_message(exc, names))}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # stdout closed early (| head): end quietly
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks without --debug
+            if state["debug"]:
+                raise
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(text)} (run with --debug for "
+                      "details)", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def quiet_transformers() -> None:
+    """transformers' own loading bars and notices would clutter stderr; our messages say what matters.
+
+    Done without importing transformers, which commands on the ONNX backend never need.
+    """
+    import os
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    disable_progress_bars()  # transformers reads this when it is imported
+
+
+def check_output(path: Optional[Path], parameter: str, *, overwrite: bool, folder: bool = False) -> Optional[Path]:
+    """Check an output the user named before any work starts (see :func:`cliplens.check_output_file`)."""
+    if path is None:
+        return None
+    check = cliplens.check_output_folder if folder else cliplens.check_output_file
+    return check(path, parameter=parameter, overwrite=overwrite)
+
+
+def load_model_with_status(model: Optional[str], device: Optional[str], backend: Optional[str] = None,
+                           precision: Optional[str] = None):
+    """Load a model, showing the steps of a first ONNX export (which is cached for later runs)."""
+    status = None
+
+    def on_status(message: str) -> None:
+        nonlocal status
+        if status is None:
+            status = err.status(message)
+            status.start()
+        else:
+            status.update(message)
+
+    try:
+        encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, on_status=on_status)
+    finally:
+        if status is not None:
+            status.stop()
+    if status is not None:
+        err.print(f"exported {encoder.name} to ONNX ({encoder.info.precision}); later runs reuse the export",
+                  highlight=False)
+    return encoder
+
+
+@contextmanager
+def progress(description: str, unit: str = "images") -> Iterator[Progress]:
+    """A progress bar on stderr with count, rate and ETA."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=err, transient=False)
+    with bar:
+        yield bar
+
+
+def rate_updater(bar: Progress, task, unit: str):
+    def update(done: int, total: int, **fields) -> None:
+        speed = bar.tasks[task].speed
+        rate = f"{speed:.1f} {unit}/s" if speed else ""
+        bar.update(task, completed=done, total=total, rate=rate, **fields)
+    return update
+
+
+def report_skipped(errors) -> None:
+    """One line on stderr per input that could not be used."""
+    for error in errors:
+        err.print(f"[yellow]skipped[/] {escape(error.source)}: {escape(error.reason)}", highlight=False)
+
+
+def emit_json(data: dict) -> None:
+    """One JSON object on stdout: pretty on a terminal, one compact line when piped."""
+    if sys.stdout.isatty():
+        out.print_json(json.dumps(data))
+    else:
+        print(json.dumps(data), flush=True)

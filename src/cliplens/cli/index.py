@@ -1,0 +1,153 @@
+"""``cliplens index``, ``cliplens search`` and ``cliplens dedupe``: photo search over an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+
+import cliplens
+from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, OverwriteOpt, PrecisionOpt, TopOpt,
+                                 WorkersOpt, add, between, check_output, emit_json, err, out,
+                                 progress, rate_updater, report_skipped)
+from cliplens.errors import UsageError
+
+IndexOpt = typer.Option(None, "--index", envvar="CLIPLENS_INDEX", metavar="DIR",
+                        help="Index folder (default: the user data dir, e.g. ~/.local/share/cliplens/index).")
+IndexModelOpt = typer.Option(None, "--model", "-m", metavar="MODEL",
+                             help="Model (default: the one the index was built with; a new index takes "
+                                  "openai/clip-vit-base-patch32).")
+ENGINES = ("local", "ray")
+
+
+def register(app: typer.Typer) -> None:
+    add(app, "index", index)
+    add(app, "search", search)
+    add(app, "dedupe", dedupe)
+
+
+def index(folders: List[Path] = typer.Argument(None, help="Folders of images to index (walked recursively)."),
+          index: Optional[Path] = IndexOpt,
+          exclude: List[str] = typer.Option(None, "--exclude", metavar="GLOB",
+                                            help="Glob of paths to leave out (repeatable)."),
+          reindex: bool = typer.Option(False, "--reindex",
+                                       help="Drop the vectors of another model and encode everything again."),
+          errors: bool = typer.Option(False, "--errors", help="List the files that could not be indexed, and why."),
+          export: Optional[Path] = typer.Option(None, "--export", metavar="DIR",
+                                                help="Write the index's vectors to DIR in clip-retrieval's layout."),
+          import_dir: Optional[Path] = typer.Option(None, "--import", metavar="DIR",
+                                                    help="Add vectors from DIR (clip-retrieval layout: img_emb/*.npy "
+                                                         "+ metadata/*.parquet)."),
+          overwrite: bool = OverwriteOpt,
+          engine: str = typer.Option("local", "--engine", metavar="NAME",
+                                     help="local, or ray (a Ray Data pipeline; pip install 'cliplens[ray]')."),
+          address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS",
+                                                help="With the ray engine: the cluster to join (default: start a "
+                                                     "local Ray)."),
+          batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
+          model: Optional[str] = IndexModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+          precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Build or update a photo index: only new and changed files are encoded, every batch is saved as it ends."""
+    if engine not in ENGINES:
+        raise UsageError("choose local or ray", value=str(engine), parameter="engine")
+    if errors:
+        listed = cliplens.index_errors(index)
+        if as_json:
+            emit_json({"index": str(index or ""), "errors": [{"path": p, "reason": r} for p, r in listed]})
+        else:
+            for path, reason in listed:
+                out.print(f"{escape(path)}: {escape(reason)}", highlight=False)
+            err.print(f"{len(listed)} file(s) could not be indexed", highlight=False)
+        return
+    if export is not None:
+        check_output(export, "export", overwrite=overwrite, folder=True)
+        files = cliplens.export_index(index, export, overwrite=overwrite)
+        summary = {"out": str(export), "files": [str(f) for f in files]}
+        emit_json(summary) if as_json else err.print(f"exported the index's vectors → {export}", highlight=False)
+        return
+    if import_dir is not None:
+        with err.status(f"importing vectors from {import_dir}"):
+            added = cliplens.import_index(index, import_dir, model)
+        emit_json({"imported": added}) if as_json else err.print(f"imported {added} vectors from {import_dir}",
+                                                                 highlight=False)
+        if not folders:
+            return
+    if not folders:
+        raise UsageError("give folders to index (or list errors, export or import vectors)", parameter="folders")
+    with progress("indexing") as bar:
+        task = bar.add_task("indexing", total=None, rate="")
+        run = cliplens.update_index(folders, index, model, exclude=exclude or (), reindex=reindex,
+                                    batch_size=batch_size, workers=workers, device=device, backend=backend,
+                                    precision=precision, on_progress=rate_updater(bar, task, "img"),
+                                    on_status=lambda m: err.print(m, highlight=False), engine=engine, address=address)
+    report_skipped(run.errors)
+    if as_json:
+        emit_json(run.to_dict())
+    else:
+        err.print(f"{run.files} files: {run.encoded} encoded, {run.unchanged} unchanged, {run.reused} reused by "
+                  f"content, {run.moved} moved, {run.removed} removed, {run.failed} failed ({run.seconds:.1f} s) "
+                  f"→ {run.index}", highlight=False)
+    if run.failed:
+        raise typer.Exit(1)
+
+
+def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic on terms: \'"horse" + "stripes" - '
+                                                              '"brown"\'. A term may be an image file.'),
+           image: Optional[Path] = typer.Option(None, "--image", metavar="FILE", help="Search by an example image."),
+           add_terms: List[str] = typer.Option(None, "--add", metavar="TERM",
+                                               help="A term to add to the query (repeatable)."),
+           subtract: List[str] = typer.Option(None, "--subtract", metavar="TERM",
+                                              help="A term to subtract (repeatable)."),
+           top: int = typer.Option(10, "--top", "-k", metavar="N", callback=TopOpt.callback,
+                                   help="How many results (at most)."),
+           threshold: Optional[float] = typer.Option(None, "--threshold", metavar="SCORE",
+                                                     help="Only results whose score is at least this."),
+           index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
+           device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
+           precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Search the index in words, by example image, or both; best matches first.
+
+    Scores are cosines with the query, or, re-ranked (models that ship a calibration, as demo does), the
+    margin by which the query beats the image's own best description."""
+    if query is None and image is None and not add_terms:
+        raise UsageError("give a text query, an example image, or terms to add", parameter="query")
+    photos = cliplens.PhotoIndex(index, model, device=device, backend=backend, precision=precision)
+    try:
+        result = photos.search(query, image=image, add=add_terms or (), subtract=subtract or (), top=top,
+                               threshold=threshold)
+    finally:
+        photos.close()
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if not result.hits:
+        err.print("no results" + (f" scoring at least {threshold}" if threshold is not None else ""), highlight=False)
+    else:
+        err.print(f"[dim]score: {'cosine with the query' if result.score_kind == 'similarity' else 'margin over each image’s best reference caption'}[/]",
+                  highlight=False)
+    for rank, hit in enumerate(result.hits, 1):
+        out.print(f"{rank:3d}  {hit.score:.3f}  {escape(hit.path)}", highlight=False)
+
+
+def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=between(0, 1),
+                                           help="Cosine similarity from which two images count as near-duplicates."),
+           index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """Groups of near-duplicate images in the index (resized, re-encoded, lightly edited copies)."""
+    photos = cliplens.PhotoIndex(index)
+    try:
+        with err.status("comparing every image with its nearest neighbours"):
+            groups = photos.dedupe(threshold)
+        count = len(photos)
+    finally:
+        photos.close()
+    if as_json:
+        emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
+        return
+    for number, group in enumerate(groups, 1):
+        out.print(f"group {number} ({len(group.paths)} files, similarity ≥ {group.score:.3f})", highlight=False)
+        for path in group.paths:
+            out.print(f"  {escape(path)}", highlight=False)
+    err.print(f"{len(groups)} group(s) of near-duplicates among {count} images (threshold {threshold})",
+              highlight=False)

@@ -1,0 +1,238 @@
+"""Images as optimisable parameters, and the random views of them that CLIP judges, for ``cliplens dream``.
+
+Two parameterisations (Olah et al., "Feature Visualization", Distill 2017, and Lucid's ``param.image``):
+
+- ``fft``: the image is the inverse real FFT of a spectrum whose coefficients are scaled by 1/frequency,
+  so that equal steps on every coefficient give an image with natural-image statistics rather than
+  high-frequency noise; its three channels live in a decorrelated colour basis (the square root of
+  ImageNet's colour correlation) and a sigmoid maps them to [0, 1].
+- ``pixel``: one logit per pixel and channel, through a sigmoid.
+
+Both can start from a photo: :meth:`ImageParam.from_image` inverts the map, so step 0 reproduces it.
+
+The views (random square crops at random scales, flips and noise) are resampled with small
+interpolation matrices (a triangle filter, widened when a crop is shrunk, as Pillow's bilinear
+resize does), so a view is two matrix products: cheap, anti-aliased, differentiable, and free of the
+scattered additions that make interpolation gradients nondeterministic on GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PARAMS = ("fft", "pixel")
+
+#: Lucid's ``color_correlation_svd_sqrt``: the square root of ImageNet's RGB correlation matrix.
+COLOR_CORRELATION_SVD_SQRT = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
+#: Lucid divides the image the inverse FFT gives by this before the colour map.
+FFT_IMAGE_DIVISOR = 4.0
+#: A photo's pixels are clipped to [EDGE, 1 − EDGE] before the sigmoid is inverted (logit(0) is infinite,
+#: and saturated pixels would barely move): 2.5/255 at most, less than one quantisation step in 100.
+EDGE = 0.01
+
+
+def color_matrix():
+    """The colour map, normalised by its largest column norm as Lucid does (a torch (3, 3) tensor)."""
+    import torch
+
+    matrix = torch.tensor(COLOR_CORRELATION_SVD_SQRT, dtype=torch.float64)
+    return (matrix / matrix.norm(dim=0).max()).float()
+
+
+class ImageParam:
+    """An image of ``height`` × ``width`` as a leaf tensor ``param`` that an optimiser can move.
+
+    :meth:`rgb` gives the image, (1, 3, H, W) in [0, 1], differentiable in ``param``.
+    """
+
+    kind = ""
+
+    def __init__(self, param, height: int, width: int):
+        self.param = param
+        self.height = height
+        self.width = width
+
+    @classmethod
+    def random(cls, height: int, width: int, generator, device: str = "cpu", sd: float = 0.01) -> "ImageParam":
+        raise NotImplementedError
+
+    @classmethod
+    def from_image(cls, pixels, device: str = "cpu") -> "ImageParam":
+        """Parameters whose :meth:`rgb` is ``pixels`` (a (1, 3, H, W) float tensor in [0, 1], clipped to
+        [EDGE, 1 − EDGE])."""
+        raise NotImplementedError
+
+    def rgb(self):
+        raise NotImplementedError
+
+
+class PixelParam(ImageParam):
+    """One logit per pixel and channel; the image is their sigmoid."""
+
+    kind = "pixel"
+
+    @classmethod
+    def random(cls, height, width, generator, device="cpu", sd=0.01):
+        import torch
+
+        logits = torch.randn((1, 3, height, width), generator=generator) * sd
+        return cls(logits.to(device).requires_grad_(True), height, width)
+
+    @classmethod
+    def from_image(cls, pixels, device="cpu"):
+        import torch
+
+        logits = torch.logit(pixels.clamp(EDGE, 1 - EDGE))
+        return cls(logits.to(device).requires_grad_(True), pixels.shape[-2], pixels.shape[-1])
+
+    def rgb(self):
+        return self.param.sigmoid()
+
+
+class FourierParam(ImageParam):
+    """A spectrum (real and imaginary parts) scaled by 1/frequency, in a decorrelated colour basis."""
+
+    kind = "fft"
+
+    def __init__(self, param, height, width, decay: float = 1.0):
+        import torch
+
+        super().__init__(param, height, width)
+        device = param.device
+        fy = torch.fft.fftfreq(height, device=device)[:, None]
+        fx = torch.fft.rfftfreq(width, device=device)[None, :]
+        freqs = torch.sqrt(fx * fx + fy * fy)
+        self.scale = (1.0 / freqs.clamp(min=1.0 / max(height, width)) ** decay)[None, None, :, :, None]
+        self.colors = color_matrix().to(device)
+
+    @staticmethod
+    def shape(height: int, width: int) -> tuple[int, ...]:
+        return (1, 3, height, width // 2 + 1, 2)
+
+    @classmethod
+    def random(cls, height, width, generator, device="cpu", sd=0.01):
+        import torch
+
+        spectrum = torch.randn(cls.shape(height, width), generator=generator) * sd
+        return cls(spectrum.to(device).requires_grad_(True), height, width)
+
+    @classmethod
+    def from_image(cls, pixels, device="cpu"):
+        import torch
+
+        height, width = pixels.shape[-2:]
+        this = cls(torch.zeros(cls.shape(height, width), device=device).requires_grad_(True), height, width)
+        logits = torch.logit(pixels.to(device).clamp(EDGE, 1 - EDGE))
+        decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(this.colors), logits)
+        spectrum = torch.fft.rfft2(decorrelated * FFT_IMAGE_DIVISOR, norm="ortho")
+        with torch.no_grad():
+            this.param.copy_(torch.view_as_real(spectrum) / this.scale)
+        return this
+
+    def rgb(self):
+        import torch
+
+        spectrum = torch.view_as_complex((self.param * self.scale).contiguous())
+        image = torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / FFT_IMAGE_DIVISOR
+        return torch.einsum("ij,njhw->nihw", self.colors, image).sigmoid()
+
+
+def make_param(kind: str, height: int, width: int, generator, device: str = "cpu", init=None) -> ImageParam:
+    """A random image of ``kind`` (``fft`` or ``pixel``), or one that starts as ``init`` ((1, 3, H, W) in [0, 1])."""
+    cls = {"fft": FourierParam, "pixel": PixelParam}[kind]
+    return cls.from_image(init, device) if init is not None else cls.random(height, width, generator, device)
+
+
+def pil_to_tensor(image: Image.Image):
+    """An RGB PIL image as a (1, 3, H, W) float32 tensor in [0, 1]."""
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def tensor_to_pil(pixels) -> Image.Image:
+    """A (1, 3, H, W) or (3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image."""
+    array = pixels.detach().float().cpu().reshape(-1, *pixels.shape[-2:]).numpy()
+    return Image.fromarray(np.round(array.clip(0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    """How the views of each step are drawn.
+
+    Each view is a square crop whose side is a uniform fraction in [``min_scale``, ``max_scale``] of the
+    image's shorter side, at a uniform position, resized to the model's input, mirrored with
+    probability ``flip``, plus Gaussian noise of standard deviation ``noise`` (in [0, 1] pixel units).
+    """
+
+    cutouts: int = 8
+    min_scale: float = 0.8
+    max_scale: float = 1.0
+    flip: float = 0.5
+    noise: float = 0.02
+
+
+def resample_matrix(start: float, length: float, out: int, size: int, flip: bool = False) -> np.ndarray:
+    """The (out, size) matrix that resamples source pixels [start, start + length) of a row of ``size``
+    pixels to ``out`` pixels: a triangle filter, widened by the shrink factor when shrinking (as
+    Pillow's bilinear resize), rows normalised; ``flip`` mirrors the output."""
+    step = length / out
+    support = max(1.0, step)
+    centres = start + (np.arange(out) + 0.5) * step - 0.5
+    source = np.arange(size)
+    weights = np.clip(1.0 - np.abs(source[None, :] - centres[:, None]) / support, 0.0, None)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return weights[::-1].copy() if flip else weights
+
+
+def draw_views(height: int, width: int, out: tuple[int, int], augment: Augment, generator):
+    """Random view matrices for one step: (rows (N, out_h, H), cols (N, out_w, W)) as float32 tensors.
+
+    Every random number comes from ``generator`` (on the CPU), so a seed fixes the views on any device.
+    """
+    import torch
+
+    n = augment.cutouts
+    draws = torch.rand((n, 4), generator=generator, dtype=torch.float64).numpy()
+    short = min(height, width)
+    rows, cols = [], []
+    for fraction, y, x, flip in draws:
+        side = short * (augment.min_scale + (augment.max_scale - augment.min_scale) * fraction)
+        top, left = y * (height - side), x * (width - side)
+        rows.append(resample_matrix(top, side, out[0], height))
+        cols.append(resample_matrix(left, side, out[1], width, flip=bool(flip < augment.flip)))
+    return (torch.from_numpy(np.stack(rows).astype(np.float32)), torch.from_numpy(np.stack(cols).astype(np.float32)))
+
+
+def render_views(image, rows, cols, noise: float, generator):
+    """The views of ``image`` (1, 3, H, W): crops resized and flipped by the matrices, plus noise; (N, 3, h, w)."""
+    import torch
+
+    views = torch.einsum("nah,chw,nbw->ncab", rows, image[0], cols)
+    if noise > 0:
+        views = views + torch.randn(views.shape, generator=generator).to(views.device) * noise
+    return views
+
+
+def total_variation(image) -> "object":
+    """Mean absolute difference between neighbouring pixels (a smoothness penalty)."""
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean()
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean()
+    return dx + dy
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` (or one number for a square) → (width, height); raises ValueError naming what is wrong."""
+    cleaned = text.strip().lower().replace("×", "x")
+    parts = cleaned.split("x") if "x" in cleaned else [cleaned, cleaned]
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT in pixels (e.g. 224x224)")
+    width, height = (int(p) for p in parts)
+    return width, height

@@ -1,0 +1,276 @@
+"""CLIP-guided image synthesis: an image that a CLIP-family model judges to fit a prompt.
+
+The simplest of the CLIP-steered generators (CLIP+FFT) needs nothing but the model: an image is
+parameterised (in Fourier space with decorrelated colours, or as plain pixels, see
+:mod:`cliplens.dream.params`); each step renders a batch of random views of it (crops at random
+scales and places, flips, noise), embeds them, and Adam follows the gradient of
+
+    − mean cosine(view, prompt) + mean cosine(view, negatives) + tv_weight · TV(image)
+    [+ init_weight · mean (image − start)²  when starting from a photo]
+
+What comes out shows what the model "thinks" the caption looks like. The same seed on the same device
+gives the same image: every random number comes from one seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from ..errors import UsageError
+from ..files import atomic_path
+from ..inputs.images import ImageSource, load_image, source_name
+from ..models import Encoder, load_model
+from .params import PARAMS, Augment, draw_views, make_param, parse_size, pil_to_tensor, render_views, \
+    tensor_to_pil, total_variation
+
+DEFAULT_STEPS = 400
+DEFAULT_CUTOUTS = 8
+#: Adam's learning rate per parameterisation (Lucid's 0.05 for the Fourier one; logits need larger steps).
+DEFAULT_LR = {"fft": 0.05, "pixel": 0.1}
+DEFAULT_TV_WEIGHT = 0.05
+DEFAULT_INIT_WEIGHT = 10.0
+FRAMES = 40  # frames of a run, about, when on_frame is given without frame_every
+#: Sides (pixels) an image may have.
+MIN_SIDE, MAX_SIDE = 8, 4096
+#: Without --size, a start image keeps its aspect ratio, shrunk (never enlarged) to this longer side.
+INIT_MAX_SIDE = 512
+
+StepFn = Callable[[int, int, float], None]
+FrameFn = Callable[[int, Image.Image], None]
+
+
+@dataclass
+class Dream:
+    """A generated image and how it came about.
+
+    ``similarities`` is the curve: at each step, the mean cosine of that step's augmented views with the
+    prompt (what was optimised). ``similarity`` is the cosine of the finished 8-bit image itself,
+    preprocessed as the model always sees images, and ``start_similarity`` the same for the image the
+    run started from (the start photo, or the initial noise).
+    """
+
+    image: Image.Image
+    prompt: str
+    negative: tuple[str, ...]
+    similarities: list[float]
+    similarity: float
+    start_similarity: float
+    steps: int
+    seed: int
+    size: tuple[int, int]  # (width, height)
+    param: str
+    model: str
+    device: str
+    seconds: float
+    init: str | None = None
+    settings: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        """Write the image (format from the file name, PNG when it has none); its folder must exist."""
+        with atomic_path(path) as tmp:
+            self.image.save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+
+    def to_dict(self) -> dict:
+        """The JSON form: everything but the image."""
+        return {"prompt": self.prompt, "negative": list(self.negative), "model": self.model, "device": self.device,
+                "param": self.param, "size": list(self.size), "steps": self.steps, "seed": self.seed,
+                "init": self.init, "similarity": self.similarity, "start_similarity": self.start_similarity,
+                "seconds": round(self.seconds, 3), "settings": dict(self.settings),
+                "similarities": [round(s, 5) for s in self.similarities]}
+
+
+def torch_encoder(model: Encoder | str | None, device: str | None = None, precision: str | None = None) -> Encoder:
+    """``model`` when it is an encoder gradients can flow through, else the model that name loads in torch.
+
+    Raises :class:`UsageError` for an encoder that gives no gradients (ONNX Runtime) and for one whose
+    images have no fixed size (SigLIP 2 NaFlex packs patches outside the model)."""
+    if not isinstance(model, Encoder):
+        model = load_model(model, device=device, backend="torch", precision=precision or "fp32")
+    if not model.differentiable:
+        raise UsageError(f"{model.name}: dream follows gradients through the model, which needs the torch backend "
+                         f"(this one runs on {model.info.backend})", parameter="backend")
+    if model.input_size is None:
+        raise UsageError(f"{model.name}: its images have no fixed size (SigLIP 2 NaFlex packs patches outside the "
+                         "model); dream needs a fixed-resolution model", parameter="model")
+    return model
+
+
+def check_size(size: tuple[int, int] | str) -> tuple[int, int]:
+    """(width, height) from a pair or ``"WxH"``; raises :class:`UsageError` naming what is wrong."""
+    if isinstance(size, str):
+        try:
+            size = parse_size(size)
+        except ValueError:
+            raise UsageError("give WIDTHxHEIGHT in pixels (e.g. 224x224)", value=size, parameter="size") from None
+    try:
+        width, height = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise UsageError("give (width, height) in pixels", value=repr(size), parameter="size") from None
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise UsageError(f"each side must be {MIN_SIDE} to {MAX_SIDE} pixels", value=f"{width}x{height}",
+                         parameter="size")
+    return width, height
+
+
+def _init_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    shrink = min(1.0, INIT_MAX_SIDE / max(width, height))
+    return max(MIN_SIDE, round(width * shrink)), max(MIN_SIDE, round(height * shrink))
+
+
+@contextmanager
+def deterministic_kernels(device):
+    """On CUDA, attention in its plain (math) kernel: the fused kernels' backward passes add in
+    nondeterministic order, and a seed must fix the image. Elsewhere nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def check_options(prompt: str, negative: str | Sequence[str] = (), steps: int = DEFAULT_STEPS, param: str = "fft",
+                  lr: float | None = None, cutouts: int | None = None, tv_weight: float = DEFAULT_TV_WEIGHT,
+                  init_weight: float = DEFAULT_INIT_WEIGHT, frame_every: int | None = None,
+                  size: tuple[int, int] | str | None = None) -> tuple[str, tuple[str, ...]]:
+    """Validate :func:`dream`'s options (before a model loads); returns the cleaned prompt and negatives."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError("the prompt is empty: say what the image should show", parameter="prompt")
+    if isinstance(negative, str):
+        negative = (negative,)
+    negative = tuple(negative or ())
+    if any(not isinstance(n, str) or not n.strip() for n in negative):
+        raise UsageError("a negative prompt is empty", parameter="negative")
+    if param not in PARAMS:
+        raise UsageError(f"choose from {', '.join(PARAMS)}", value=param, parameter="param")
+    for value, name in ((steps, "steps"), (cutouts, "cutouts")):
+        if value is not None and value < 1:
+            raise UsageError(f"must be at least 1 (got {value})", parameter=name)
+    if lr is not None and not lr > 0:
+        raise UsageError(f"must be positive (got {lr})", parameter="lr")
+    for value, name in ((tv_weight, "tv_weight"), (init_weight, "init_weight"), (frame_every or 0, "frame_every")):
+        if value < 0:
+            raise UsageError(f"must not be negative (got {value})", parameter=name)
+    if size is not None:
+        check_size(size)
+    return prompt.strip(), tuple(n.strip() for n in negative)
+
+
+def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Sequence[str] = (),
+          steps: int = DEFAULT_STEPS, size: tuple[int, int] | str | None = None, seed: int = 0,
+          init: ImageSource | None = None, param: str = "fft", lr: float | None = None,
+          cutouts: int | None = None, tv_weight: float = DEFAULT_TV_WEIGHT,
+          init_weight: float = DEFAULT_INIT_WEIGHT, augment: Augment | None = None, device: str | None = None,
+          on_step: StepFn | None = None, frame_every: int | None = None, on_frame: FrameFn | None = None) -> Dream:
+    """Generate an image that ``model`` judges to show ``prompt``; returns a :class:`Dream`.
+
+    ``model``: a torch-backend encoder or a name (loaded in torch, fp32). ``negative``: prompts the
+    image should not look like. ``size``: (width, height) or ``"WxH"``; default the model's input size,
+    or with ``init`` the start image's own size (longer side at most 512). ``init``: a photo (path,
+    bytes or PIL image) to edit toward the prompt, kept close to itself by ``init_weight``.
+    ``param``: ``fft`` or ``pixel``. ``lr``: Adam's learning rate (default by ``param``).
+    ``cutouts``: views per step (default 8; ``augment`` sets the other view options). ``on_step(step, steps,
+    similarity)`` hears each step; ``on_frame(step, image)`` gets the image at step 0, every
+    ``frame_every`` steps (default: about 40 frames in all) and at the end. The same ``seed`` on the same
+    device gives the same image.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    prompt, negative = check_options(prompt, negative, steps, param, lr, cutouts, tv_weight, init_weight,
+                                     frame_every, size)
+    if frame_every is None:
+        frame_every = max(1, steps // FRAMES) if on_frame is not None else 0
+    augment = augment or Augment(cutouts=DEFAULT_CUTOUTS)
+    if cutouts is not None:
+        augment = replace(augment, cutouts=cutouts)
+    explicit = check_size(size) if size is not None else None
+    start_image = load_image(init) if init is not None else None
+    encoder = torch_encoder(model, device)
+    out_h, out_w = encoder.input_size
+    width, height = explicit or (_init_size(start_image) if start_image is not None else (out_w, out_h))
+    lr = lr if lr is not None else DEFAULT_LR[param]
+
+    started = time.perf_counter()
+    dev = torch.device(encoder.info.device)
+    texts = torch.from_numpy(encoder.encode_texts([prompt, *negative])).to(dev)
+    pre = encoder.preprocessor
+    mean = torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1) if pre.do_normalize else None
+    std = torch.tensor(pre.std, device=dev).view(1, 3, 1, 1) if pre.do_normalize else None
+    generator = torch.Generator().manual_seed(int(seed))
+    start = None
+    if start_image is not None:
+        if start_image.size != (width, height):
+            start_image = start_image.resize((width, height), Image.Resampling.LANCZOS)
+        start = pil_to_tensor(start_image).to(dev)
+    image_param = make_param(param, height, width, generator, str(dev), init=start)
+    optimiser = torch.optim.Adam([image_param.param], lr=lr)
+
+    def embed_views(image):
+        rows, cols = draw_views(height, width, (out_h, out_w), augment, generator)
+        views = render_views(image, rows.to(dev), cols.to(dev), augment.noise, generator)
+        if mean is not None:
+            views = (views - mean) / std
+        return F.normalize(encoder.image_features(views), dim=-1) @ texts.T
+
+    similarities: list[float] = []
+    first = None
+    with deterministic_kernels(dev):
+        for step in range(steps):
+            image = image_param.rgb()
+            if step == 0:
+                first = tensor_to_pil(image)
+                if on_frame is not None:
+                    on_frame(0, first)
+            sims = embed_views(image)
+            similarity = sims[:, 0].mean()
+            loss = -similarity
+            if negative:
+                loss = loss + sims[:, 1:].mean()
+            if tv_weight:
+                loss = loss + tv_weight * total_variation(image)
+            if start is not None and init_weight:
+                loss = loss + init_weight * (image - start).pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, [image_param.param])
+            image_param.param.grad = grad
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            similarities.append(float(similarity.detach()))
+            if on_step is not None:
+                on_step(step + 1, steps, similarities[-1])
+            if on_frame is not None and frame_every and (step + 1) % frame_every == 0 and step + 1 < steps:
+                with torch.no_grad():
+                    on_frame(step + 1, tensor_to_pil(image_param.rgb()))
+    with torch.no_grad():
+        result = tensor_to_pil(image_param.rgb())
+    if on_frame is not None:
+        on_frame(steps, result)
+    vectors = encoder.encode_images([start_image if start_image is not None else first, result])
+    prompt_vector = texts[0].cpu().numpy()
+    start_sim, final_sim = (float(v) for v in vectors @ prompt_vector)
+    seconds = time.perf_counter() - started
+    settings = {"lr": lr, "cutouts": augment.cutouts, "tv_weight": tv_weight,
+                "init_weight": init_weight if start is not None else 0.0, "min_scale": augment.min_scale,
+                "max_scale": augment.max_scale, "flip": augment.flip, "noise": augment.noise}
+    return Dream(image=result, prompt=prompt, negative=negative, similarities=similarities, similarity=final_sim,
+                 start_similarity=start_sim, steps=steps, seed=int(seed), size=(width, height), param=param,
+                 model=encoder.name, device=str(dev), seconds=seconds,
+                 init=source_name(init) if init is not None else None, settings=settings)
+
+
+def save_gif(frames: Sequence[Image.Image], path, *, duration_ms: int = 80) -> None:
+    """Write frames as a looping GIF (the last frame held a second); its folder must exist."""
+    if not frames:
+        raise UsageError("no frames to write to the GIF", parameter="gif")
+    durations = [duration_ms] * (len(frames) - 1) + [max(duration_ms, 1000)]
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=list(frames[1:]), duration=durations, loop=0)
+

@@ -1,0 +1,281 @@
+// The cliplens web page: four tabs over the HTTP API. No build step, no dependencies.
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+let apiKey = sessionStorage.getItem("cliplens-key") || "";
+
+// --- calling the API ------------------------------------------------------------------------------
+
+class ApiProblem extends Error {}
+
+async function api(path, body) {
+  const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  let response;
+  try {
+    response = await fetch(path, { method: body ? "POST" : "GET", body, headers });
+  } catch (error) {
+    throw new ApiProblem("The service cannot be reached. Is `cliplens serve` still running?");
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (error) {
+    data = null;
+  }
+  if (response.status === 401) {
+    $("#key-form").hidden = false;
+    throw new ApiProblem((data && data.message) || "This service needs an API key: enter it above.");
+  }
+  if (!response.ok) {
+    const message = data && data.message ? data.message : `The service answered ${response.status}.`;
+    throw new ApiProblem(message);
+  }
+  return data;
+}
+
+function showError(section, error) {
+  const box = $(".error", section);
+  box.textContent = error instanceof ApiProblem ? error.message : `Something went wrong: ${error.message}`;
+  box.hidden = false;
+}
+
+function clearError(section) {
+  const box = $(".error", section);
+  box.textContent = "";
+  box.hidden = true;
+}
+
+async function run(section, button, work) {
+  clearError(section);
+  button.disabled = true;
+  section.classList.add("busy");
+  try {
+    await work();
+  } catch (error) {
+    showError(section, error);
+  } finally {
+    button.disabled = false;
+    section.classList.remove("busy");
+  }
+}
+
+const percent = (p) => `${(p * 100).toFixed(1)}%`;
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// --- tabs and image drops -----------------------------------------------------------------------------
+
+function selectTab(name) {
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
+  }
+  for (const panel of document.querySelectorAll("[role=tabpanel]")) {
+    panel.hidden = panel.id !== `tab-${name}`;
+  }
+  history.replaceState(null, "", `#${name}`);
+}
+
+function setUpDrop(zone) {
+  const input = $("input[type=file]", zone);
+  const preview = zone.dataset.preview ? document.getElementById(zone.dataset.preview) : null;
+  const show = () => {
+    const hint = $(".drop-hint", zone);
+    if (preview && input.files.length) {
+      preview.src = URL.createObjectURL(input.files[0]);
+      preview.hidden = false;
+      hint.hidden = true;
+    } else if (input.files.length > 1 || (!preview && input.files.length)) {
+      hint.textContent = `${input.files.length} image(s) chosen`;
+    }
+  };
+  input.addEventListener("change", show);
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    if (event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      show();
+    }
+  });
+}
+
+function needImage(input, what = "an image") {
+  if (!input.files.length) throw new ApiProblem(`Choose or drop ${what} first.`);
+}
+
+// --- classify ---------------------------------------------------------------------------------------
+
+function renderClassification(result) {
+  const target = $("#classify-results");
+  target.replaceChildren();
+  const none = result.none_of_these;
+  const noneLine = element("p", { class: none >= 0.5 ? "none-of-these strong" : "none-of-these" },
+    element("strong", {}, "None of these: "), percent(none),
+    none >= 0.5 && result.looks_like ? ` — it looks more like “${result.looks_like}”` : "");
+  if (none >= 0.5) target.append(noneLine);
+  const list = element("ol", { class: "bars" });
+  for (const score of result.labels) {
+    list.append(element("li", { class: "bar-row", "data-label": score.label, "data-probability": score.probability },
+      element("span", { class: "bar-label" }, score.label),
+      element("span", { class: "bar" }, element("span", { class: "fill", style: `width:${(score.probability * 100).toFixed(2)}%` })),
+      element("span", { class: "bar-value" }, percent(score.probability))));
+  }
+  target.append(list);
+  if (none < 0.5) target.append(noneLine);
+}
+
+async function classify(event) {
+  event.preventDefault();
+  const section = $("#tab-classify");
+  await run(section, $("#classify-run"), async () => {
+    const input = $("#classify-image");
+    needImage(input);
+    const labels = $("#classify-labels").value.split("\n").map((l) => l.trim()).filter(Boolean);
+    if (!labels.length) throw new ApiProblem("Write at least one caption, one per line.");
+    const form = new FormData();
+    form.append("image", input.files[0]);
+    for (const label of labels) form.append("labels", label);
+    form.append("template", $("#classify-template").value.trim() || "none");
+    form.append("multi_label", $("#classify-multi").checked ? "true" : "false");
+    renderClassification(await api("/v1/classify", form));
+  });
+}
+
+// --- caption ----------------------------------------------------------------------------------------
+
+function renderCaption(result) {
+  const target = $("#caption-results");
+  target.replaceChildren(element("pre", { class: "llm", id: "caption-llm" }, result.llm));
+  for (const [bank, labels] of Object.entries(result.banks)) {
+    const chips = element("div", { class: "chips" });
+    for (const label of labels) {
+      const title = label.typographic_suspect ? "looks read from text in the image, not seen" : "";
+      chips.append(element("span", { class: label.typographic_suspect ? "chip suspect" : "chip", title },
+        `${label.label} ${percent(label.score)}${label.typographic_suspect ? " (text?)" : ""}`));
+    }
+    if (!labels.length) chips.append(element("span", { class: "muted" }, "nothing fits"));
+    target.append(element("div", { class: "bank" }, element("h3", {}, bank), chips));
+  }
+}
+
+async function caption(event) {
+  event.preventDefault();
+  const section = $("#tab-caption");
+  await run(section, $("#caption-run"), async () => {
+    const input = $("#caption-image");
+    needImage(input);
+    const form = new FormData();
+    form.append("image", input.files[0]);
+    for (const bank of $("#caption-banks").value.split(",").map((b) => b.trim()).filter(Boolean)) form.append("banks", bank);
+    form.append("keep_typographic", $("#caption-typographic").checked ? "true" : "false");
+    renderCaption(await api("/v1/caption", form));
+  });
+}
+
+// --- search -----------------------------------------------------------------------------------------
+
+async function thumbnailURL(path) {
+  if (!apiKey) return path;
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${apiKey}` } });
+  return URL.createObjectURL(await response.blob());
+}
+
+async function search(event) {
+  event.preventDefault();
+  const section = $("#tab-search");
+  await run(section, $("#search-run"), async () => {
+    const query = $("#search-query").value.trim();
+    const image = $("#search-image");
+    if (!query && !image.files.length) throw new ApiProblem("Type a query or drop an example image.");
+    const form = new FormData();
+    if (query) form.append("query", query);
+    if (image.files.length) form.append("image", image.files[0]);
+    form.append("top", $("#search-top").value || "24");
+    const result = await api("/v1/search", form);
+    const target = $("#search-results");
+    target.replaceChildren();
+    if (!result.results.length) target.append(element("p", { class: "muted" }, "No results."));
+    for (const hit of result.results) {
+      const name = hit.path.split(/[\\/]/).pop();
+      const img = element("img", { alt: name, loading: "lazy" });
+      img.src = await thumbnailURL(hit.thumbnail);
+      target.append(element("figure", { title: hit.path }, img,
+        element("figcaption", {}, element("span", {}, name), element("span", { class: "score" }, hit.score.toFixed(3)))));
+    }
+  });
+}
+
+// --- rank -------------------------------------------------------------------------------------------
+
+async function rank(event) {
+  event.preventDefault();
+  const section = $("#tab-rank");
+  await run(section, $("#rank-run"), async () => {
+    const prompt = $("#rank-prompt").value.trim();
+    if (!prompt) throw new ApiProblem("Write the prompt the images should match.");
+    const input = $("#rank-images");
+    needImage(input, "some images");
+    const files = Array.from(input.files);
+    const form = new FormData();
+    form.append("prompt", prompt);
+    const negative = $("#rank-negative").value.trim();
+    if (negative) form.append("negative", negative);
+    for (const file of files) form.append("images", file);
+    const result = await api("/v1/rank", form);
+    const target = $("#rank-results");
+    target.replaceChildren();
+    result.results.forEach((item, position) => {
+      const img = element("img", { alt: item.path });
+      img.src = URL.createObjectURL(files[item.index]);
+      target.append(element("figure", { "data-name": item.path }, img,
+        element("figcaption", {}, element("span", {}, `${position + 1}. ${item.path}`),
+          element("span", { class: "score" }, item.score.toFixed(3)))));
+    });
+  });
+}
+
+// --- start ------------------------------------------------------------------------------------------
+
+async function connect() {
+  try {
+    const health = await api("/healthz");
+    $("#model").textContent = `model: ${health.model}`;
+  } catch (error) {
+    $("#model").textContent = error.message;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", () => selectTab(tab.dataset.tab));
+  }
+  const start = location.hash.slice(1);
+  if (["classify", "caption", "search", "rank"].includes(start)) selectTab(start);
+  for (const zone of document.querySelectorAll(".drop")) setUpDrop(zone);
+  $("#classify-form").addEventListener("submit", classify);
+  $("#caption-form").addEventListener("submit", caption);
+  $("#search-form").addEventListener("submit", search);
+  $("#rank-form").addEventListener("submit", rank);
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("#api-key").value.trim();
+    sessionStorage.setItem("cliplens-key", apiKey);
+    $("#key-form").hidden = true;
+    connect();
+  });
+  connect();
+});

@@ -1,0 +1,107 @@
+"""The benchmark machinery: the reference loop computes what cliplens computes, the figures come from
+real runs, and the commands print exactly the JSON they promise. (Speed itself is never asserted.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cliplens
+from cliplens.bench.data import many_files, photo
+from cliplens.bench.process import cliplens_command, run_measured
+from cliplens.bench.throughput import ReferenceLoop, image_throughput, text_throughput
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(5):
+        photo(i, (320, 240)).save(folder / f"p{i}.jpg", quality=90)
+    return folder
+
+
+def test_photo_is_deterministic_and_varied():
+    a, b, c = photo(1, (300, 200)), photo(1, (300, 200)), photo(2, (300, 200))
+    assert a.size == (300, 200) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.abs(np.asarray(a, np.float32) - np.asarray(c, np.float32)).mean() > 10
+
+
+def test_reference_loop_computes_the_same_embeddings(tiny_clip_dir, photo_dir):
+    # the two paths of `bench embed` must do the same work, or the ratio means nothing
+    paths = sorted(photo_dir.glob("*.jpg"))
+    ours = cliplens.load_model(str(tiny_clip_dir), backend="torch", cache=False).encode_images(paths)
+    theirs = ReferenceLoop(tiny_clip_dir).embed_images(paths)
+    assert theirs.shape == ours.shape
+    assert np.min(np.sum(ours * theirs, axis=1)) > 0.999
+    texts = ["a red cat", "two dogs on a blue background"]
+    ours_t = cliplens.embed_texts(texts, cliplens.load_model(str(tiny_clip_dir), backend="torch", cache=False))
+    assert np.min(np.sum(ours_t * ReferenceLoop(tiny_clip_dir).embed_texts(texts), axis=1)) > 0.9999
+
+
+def test_throughput_figures_come_from_runs(tiny_clip_dir, photo_dir):
+    paths = sorted(photo_dir.glob("*.jpg"))
+    result = image_throughput(paths, "tiny", tiny_clip_dir, rounds=1, backend="torch")
+    assert result.items == len(paths) and result.cliplens_per_s > 0 and result.reference_per_s > 0
+    assert result.ratio == pytest.approx(result.cliplens_per_s / result.reference_per_s)
+    texts = text_throughput(["a cat", "a dog", "a red square"], "tiny", tiny_clip_dir, rounds=1, backend="onnx")
+    assert texts.backend == "onnx" and texts.items == 3 and texts.cliplens_per_s > 0
+
+
+def test_run_measured_reports_the_child_peak_memory():
+    allocate = "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"
+    stats = run_measured([sys.executable, "-c", allocate])
+    assert stats.returncode == 0 and stats.wall_s > 0
+    assert stats.peak_rss_mb > 300
+    failing = run_measured([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"])
+    assert failing.returncode == 3 and "boom" in failing.stderr
+
+
+def test_many_files_are_distinct_copies_with_the_same_pixels(photo_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPLENS_CACHE_DIR", str(tmp_path))
+    folder = many_files(photo_dir, 12, "many-12")
+    files = sorted(folder.glob("*.jpg"))
+    assert len(files) == 12 and len({f.read_bytes() for f in files}) == 12
+    same = [np.asarray(Image.open(p).convert("RGB")) for p in (files[0], files[5], photo_dir / "p0.jpg")]
+    assert np.array_equal(same[0], same[2]) and np.array_equal(same[1], same[2])
+
+
+def _bench(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cliplens_command() + ["bench", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_bench_embed_json_has_exactly_the_promised_fields(tiny_clip_dir, photo_dir):
+    proc = _bench("embed", "--model", str(tiny_clip_dir), "--images", str(photo_dir), "-n", "4", "--rounds", "1",
+                  "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert list(figures) == ["model", "images", "cliplens_images_per_s", "reference_images_per_s", "ratio"]
+    assert figures["images"] == 4 and figures["model"] == str(tiny_clip_dir)
+    assert figures["ratio"] == pytest.approx(figures["cliplens_images_per_s"] / figures["reference_images_per_s"],
+                                             rel=0.02)
+
+
+def test_bench_refuses_what_it_cannot_time(tiny_siglip_dir, tmp_path):
+    proc = _bench("embed", "--model", str(tiny_siglip_dir), "--images", str(tmp_path), "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "CLIP checkpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_parity_json_on_the_demo_model():
+    proc = _bench("parity", "--model", "demo", "-n", "40", "--json")
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 40 and report["labels"] == 30
+    kinds = {r["precision"]: r for r in report["results"]}
+    assert set(kinds) == {"fp32", "int8", "bf16"}
+    assert kinds["fp32"]["passed"] and kinds["fp32"]["image_cosine_min"] >= 0.9999
+    assert report["passed"] == (kinds["fp32"]["passed"] and kinds["int8"]["passed"])
+    assert proc.returncode == (0 if report["passed"] else 1)
