@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean demo-model
+.PHONY: demo test test-fast install clean demo-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,34 +23,41 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/cliplens classify src/cliplens/examples/two-red-circles.png \
 		"red circle" "blue circle" "red square" "green triangle" "yellow star" "purple cross" --model demo
 
+# Everything: the layer contract (import-linter), then every test, slow ones included.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the layer contract and the tests not marked slow (browser, live server, Ray, training runs).
+test-fast: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Reproduces the bundled demo model (about 100 minutes on a 2-core CPU): training from scratch on
 # one-shape images, fine-tuning on a mix with two-shape images, then on a mix with words written on
 # signs, then calibrating the model and its caption banks on separate images.
 DEMO_FILES := config.json model.safetensors tokenizer.json tokenizer_config.json preprocessor_config.json
 demo-model: $(STAMP)
-	$(BIN)/cliplens demo-data --out build/demo-data -n 200000 --seed 0
+	$(BIN)/cliplens demo-data --out build/demo-data -n 200000 --seed 0 --overwrite
 	$(BIN)/cliplens train build/demo-data/pairs.csv --out build/demo-model-base --config demo --steps 4500 \
-		--batch-size 128 --lr 2e-3 --seed 0 --save-every 500
-	$(BIN)/cliplens demo-data --out build/demo-mixed -n 100000 --seed 1 --mixed 0.5
+		--batch-size 128 --lr 2e-3 --seed 0 --save-every 500 --overwrite
+	$(BIN)/cliplens demo-data --out build/demo-mixed -n 100000 --seed 1 --mixed 0.5 --overwrite
 	$(BIN)/cliplens train build/demo-mixed/pairs.csv --out build/demo-model --init build/demo-model-base \
-		--steps 2500 --batch-size 128 --lr 8e-4 --seed 0 --save-every 500
-	$(BIN)/cliplens demo-data --out build/demo-words -n 100000 --seed 2 --mixed 0.25 --words 0.5
+		--steps 2500 --batch-size 128 --lr 8e-4 --seed 0 --save-every 500 --overwrite
+	$(BIN)/cliplens demo-data --out build/demo-words -n 100000 --seed 2 --mixed 0.25 --words 0.5 --overwrite
 	$(BIN)/cliplens train build/demo-words/pairs.csv --out build/demo-model-words --init build/demo-model \
-		--steps 2000 --batch-size 128 --lr 1e-3 --seed 0 --save-every 500
+		--steps 2000 --batch-size 128 --lr 1e-3 --seed 0 --save-every 500 --overwrite
 	mkdir -p src/cliplens/models/demo
 	cd build/demo-model-words && cp $(DEMO_FILES) ../../src/cliplens/models/demo/
-	$(BIN)/cliplens demo-data --out build/demo-calib -n 2000 --seed 7
+	$(BIN)/cliplens demo-data --out build/demo-calib -n 2000 --seed 7 --overwrite
 	$(BIN)/cliplens calibrate build/demo-calib/pairs.csv --model demo --backend torch \
-		--out src/cliplens/models/demo/cliplens_calibration.json
+		--out src/cliplens/models/demo/cliplens_calibration.json --overwrite
 	$(BIN)/cliplens banks calibrate demo_shapes build/demo-calib/pairs.csv --column shape --label-format "a {}" \
-		--model demo --backend torch --out src/cliplens/data/banks/demo_shapes.txt
+		--model demo --backend torch --out src/cliplens/data/banks/demo_shapes.txt --overwrite
 	$(BIN)/cliplens banks calibrate demo_colours build/demo-calib/pairs.csv --column colour \
-		--model demo --backend torch --out src/cliplens/data/banks/demo_colours.txt
+		--model demo --backend torch --out src/cliplens/data/banks/demo_colours.txt --overwrite
 	$(BIN)/cliplens banks calibrate demo_backgrounds build/demo-calib/pairs.csv --column background \
-		--model demo --backend torch --out src/cliplens/data/banks/demo_backgrounds.txt
+		--model demo --backend torch --out src/cliplens/data/banks/demo_backgrounds.txt --overwrite
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

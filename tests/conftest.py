@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,18 @@ def isolated_hub(tmp_path_factory, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def run_cli(*args, env: dict | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``cliplens ARGS...`` in a fresh process (the caches and offline settings of this session, plus ``env``)."""
+    return subprocess.run([sys.executable, "-m", "cliplens.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def cli():
+    """Run the ``cliplens`` command in a fresh process: ``cli("classify", image, "cat", "--json")``."""
+    return run_cli
 
 
 def _tokenizer(context_length: int):
@@ -81,6 +96,24 @@ def save_tiny_checkpoint(path: Path, family: str, *, seed: int, context_length: 
     return path
 
 
+def save_tiny_naflex(path: Path, *, seed: int = 3) -> Path:
+    """Save a randomly initialised SigLIP 2 NaFlex model (patches packed by its own processor, 16 at most)."""
+    import torch
+    from transformers import Siglip2Config, Siglip2Model
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(12)
+    config = Siglip2Config(
+        text_config=tiny_text_config(tok, 12, layers=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           patch_size=8, num_patches=16))
+    Siglip2Model(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A randomly initialised CLIP (32 px, 2 layers) saved with save_pretrained: for numerics only."""
@@ -106,7 +139,7 @@ def demo_model():
 def demo_index(tmp_path_factory) -> Path:
     """A photo index of 40 demo images (for the service's search tests)."""
     import cliplens
-    from cliplens.demo_data import write_demo_data
+    from cliplens.inputs.demo_data import write_demo_data
 
     photos = tmp_path_factory.mktemp("indexed-photos")
     write_demo_data(photos, 40, seed=99)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +12,11 @@ import numpy as np
 import pytest
 
 import cliplens
-from cliplens.bank_calibration import calibrate_bank, kept_quality
-from cliplens.calibration import fit_platt
-from cliplens.banks import LabelBank, builtin_bank
-from cliplens.caption import Captioner, typographic_suspects
-from cliplens.demo_data import SHAPES, generate, random_scene, render_scene
+from cliplens.caption.bank_fit import calibrate_bank, kept_quality
+from cliplens.scores.calibration import fit_platt
+from cliplens.text.banks import LabelBank, builtin_bank
+from cliplens.caption.captioner import Captioner, typographic_suspects
+from cliplens.inputs.demo_data import SHAPES, generate, random_scene, render_scene
 
 HELD_OUT_SEED = 20261122
 EXAMPLES = Path(cliplens.__file__).parent / "examples"
@@ -151,13 +148,13 @@ def test_platt_scaling_recovers_a_known_curve_and_kept_quality_counts_top_k():
 
 
 def test_calibrate_bank_on_labelled_demo_images(demo_model, tmp_path):
-    from cliplens.demo_data import write_demo_data
+    from cliplens.inputs.demo_data import write_demo_data
 
     pairs = write_demo_data(tmp_path / "data", 120, seed=3)
     fit = calibrate_bank(builtin_bank("demo_colours"), pairs, demo_model, column="colour")
     assert fit.images == 120 and fit.in_bank == 120
     assert fit.bank.calibration != (0.0, 1.0, 0.0) and fit.f1 > 0.8
-    from cliplens.banks import parse_bank
+    from cliplens.text.banks import parse_bank
 
     assert parse_bank(fit.bank.to_text()).calibration == fit.bank.calibration
     with pytest.raises(cliplens.DataError, match="no image is labelled"):
@@ -165,43 +162,45 @@ def test_calibrate_bank_on_labelled_demo_images(demo_model, tmp_path):
     assert calibrate_bank(builtin_bank("demo_shapes"), pairs, demo_model, column="shape", label_format="a {}").f1 > 0.8
 
 
-def _cli(*args, env: dict | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cliplens.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
-def test_caption_command_formats_and_bad_input(tmp_path):
+@pytest.mark.slow
+def test_caption_command_formats_and_bad_input(cli, tmp_path):
     star = str(EXAMPLES / "blue-star.png")
-    proc = _cli("caption", star, "--model", "demo", "--json")
+    proc = cli("caption", star, "--model", "demo", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"image", "caption", "banks"} and data["image"] == star
+    assert set(data) == {"image", "caption", "llm", "banks"} and data["image"] == star
     assert list(data["banks"]) == ["demo_shapes", "demo_colours", "demo_backgrounds"]
     for labels in data["banks"].values():
         for label in labels:
             assert set(label) == {"label", "score", "typographic_suspect"}
     assert "star" in data["caption"] and "blue" in data["caption"]
-    proc = _cli("caption", star, "--model", "demo")
+    proc = cli("caption", star, "--model", "demo")
     assert proc.stdout == f"[Image Attached: {data['caption']}]\n"
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    proc = _cli("caption", star, str(bad), str(EXAMPLES / "two-red-circles.png"), "--model", "demo", "-f", "json")
+    many = [star, str(bad), str(EXAMPLES / "two-red-circles.png")]
+    proc = cli("caption", *many, "--model", "demo", "-f", "jsonl")
     assert proc.returncode == 1 and "bad.png" in proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]  # JSONL: the good images are all there
     assert [Path(d["image"]).name for d in lines] == ["blue-star.png", "two-red-circles.png"]
-    proc = _cli("caption", star, "--model", "demo", "--banks", "nope")
+    proc = cli("caption", *many, "--model", "demo", "--json")  # one JSON object: results and errors
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1 and data["model"] == "demo"
+    assert [Path(d["image"]).name for d in data["results"]] == ["blue-star.png", "two-red-circles.png"]
+    assert [Path(e["image"]).name for e in data["errors"]] == ["bad.png"]
+    proc = cli("caption", star, "--model", "demo", "--banks", "nope")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown bank 'nope'" in proc.stderr
 
 
-def test_banks_commands(tmp_path):
-    proc = _cli("banks", "list", "--model", "demo", "--json")
-    listed = {b["name"]: b for b in json.loads(proc.stdout)}
+@pytest.mark.slow
+def test_banks_commands(cli, tmp_path):
+    proc = cli("banks", "list", "--model", "demo", "--json")
+    listed = {b["name"]: b for b in json.loads(proc.stdout)["banks"]}
     assert listed["objects"]["labels"] >= 1000 and listed["demo_shapes"]["default"] and not listed["objects"]["default"]
-    proc = _cli("banks", "show", "demo_colours")
+    proc = cli("banks", "show", "demo_colours")
     assert proc.stdout.startswith("# name: demo_colours") and "\nred\n" in proc.stdout
     cache = {"CLIPLENS_CACHE_DIR": str(tmp_path / "cache")}
-    first = _cli("banks", "build", "--model", "demo", "--json", env=cache)
-    second = _cli("banks", "build", "--model", "demo", "--json", env=cache)
+    first = cli("banks", "build", "--model", "demo", "--json", env=cache)
+    second = cli("banks", "build", "--model", "demo", "--json", env=cache)
     assert json.loads(first.stdout)["texts_encoded"] > 0, first.stderr
     assert json.loads(second.stdout)["texts_encoded"] == 0

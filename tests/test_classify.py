@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +13,13 @@ import pytest
 from PIL import Image
 
 import cliplens
-from cliplens.demo_data import DEMO_LABELS, SHAPES, generate, write_demo_data
+from cliplens.inputs.demo_data import DEMO_LABELS, SHAPES, generate, write_demo_data
 from cliplens.errors import UsageError
 from cliplens.models import DEMO_DIR
-from cliplens.prompts import LabelWarning
+from cliplens.text.prompts import LabelWarning
 
 HELD_OUT_SEED = 20261122  # never used for training (seed 0, 1) or for the shipped calibration (seed 7)
 EXAMPLES = Path(cliplens.__file__).parent / "examples"
-
-
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "cliplens.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -148,25 +140,27 @@ def test_calibration_must_match_the_model(tiny_clip_dir):
     encoder = cliplens.load_model(tiny_clip_dir, device="cpu", cache=False)
     with pytest.raises(UsageError, match="fitted for model 'demo'"):
         cliplens.Classifier(["a", "b"], encoder, calibration=DEMO_DIR / "cliplens_calibration.json")
-    with pytest.raises(UsageError, match="--coverage needs a calibration"):
+    with pytest.raises(UsageError, match="^coverage: a prediction set needs a calibration") as info:
         cliplens.Classifier(["a", "b"], encoder, coverage=0.9)
+    assert info.value.parameter == "coverage"
 
 
 # --- command line --------------------------------------------------------------------------------
 
-def test_cli_single_image_text_and_json():
+def test_cli_single_image_text_and_json(cli):
     image = str(EXAMPLES / "three-yellow-triangles.png")
-    proc = _cli("classify", image, "yellow triangle", "red star", "--model", "demo", "--json")
+    proc = cli("classify", image, "yellow triangle", "red star", "--model", "demo", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data) == ["image", "model", "labels", "none_of_these"]
+    assert list(data) == ["image", "model", "labels", "none_of_these", "looks_like"]
     assert data["image"] == image and data["model"] == "demo" and 0 <= data["none_of_these"] <= 1
     assert [d["label"] for d in data["labels"]] == ["yellow triangle", "red star"]
-    proc = _cli("classify", image, "blue star", "green square", "--model", "demo")
+    proc = cli("classify", image, "blue star", "green square", "--model", "demo")
     assert proc.returncode == 0 and proc.stdout.startswith("none of these:"), proc.stdout
 
 
-def test_cli_batch_csv_and_jsonl_keep_going_past_a_bad_image(tmp_path):
+@pytest.mark.slow
+def test_cli_batch_csv_and_jsonl_keep_going_past_a_bad_image(cli, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, sample in enumerate(generate(6, seed=HELD_OUT_SEED + 3)):
@@ -175,39 +169,40 @@ def test_cli_batch_csv_and_jsonl_keep_going_past_a_bad_image(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("# demo labels\n" + "\n".join(DEMO_LABELS) + "\n")
     out = tmp_path / "out.csv"
-    proc = _cli("classify", str(folder), "--labels-file", str(labels), "--model", "demo", "-o", str(out))
+    proc = cli("classify", str(folder), "--labels-file", str(labels), "--model", "demo", "-o", str(out))
     assert proc.returncode == 1, proc.stderr
     assert "broken.png: not an image" in proc.stderr and "classified 6 image(s), 1 failed" in proc.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 7 and rows[0]["image"].endswith("0.png") and float(rows[0]["probability"]) > 0
     assert [r for r in rows if r["error"]][0]["image"].endswith("broken.png")
     assert "p:red circle" in rows[0]
-    proc = _cli("classify", str(folder / "*.png"), "red circle", "blue star", "--model", "demo", "--format", "jsonl")
+    proc = cli("classify", str(folder / "*.png"), "red circle", "blue star", "--model", "demo", "--format", "jsonl")
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 1 and len(lines) == 7 and sum("error" in line for line in lines) == 1
 
 
-def test_cli_calibrate_then_conformal_sets(tmp_path):
+@pytest.mark.slow
+def test_cli_calibrate_then_conformal_sets(cli, tmp_path):
     data = write_demo_data(tmp_path / "cal", 120, seed=HELD_OUT_SEED + 4)
     out = tmp_path / "cal.json"
-    proc = _cli("calibrate", str(data), "--model", "demo", "--out", str(out), "--json")
+    proc = cli("calibrate", str(data), "--model", "demo", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["images"] == 120 and report["out"] == str(out) and report["temperature"] > 0
     assert {"ece_before", "ece_after", "none_of_these", "conformal"} <= set(report)
     labels = sorted(set(row["label"] for row in csv.DictReader(data.open())))
-    proc = _cli("classify", str(EXAMPLES / "blue-star.png"), *labels, "--model", "demo", "--calibration", str(out),
+    proc = cli("classify", str(EXAMPLES / "blue-star.png"), *labels, "--model", "demo", "--calibration", str(out),
                 "--coverage", "0.9", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "prediction_set" in json.loads(proc.stdout)
 
 
-def test_cli_calibrate_image_folder(tmp_path):
+def test_cli_calibrate_image_folder(cli, tmp_path):
     for i, sample in enumerate(generate(60, seed=HELD_OUT_SEED + 5)):
         folder = tmp_path / "data" / sample.scene.shape
         folder.mkdir(parents=True, exist_ok=True)
         sample.image.save(folder / f"{i}.png")
-    proc = _cli("calibrate", str(tmp_path / "data"), "--model", "demo", "--out", str(tmp_path / "c.json"))
+    proc = cli("calibrate", str(tmp_path / "data"), "--model", "demo", "--out", str(tmp_path / "c.json"))
     assert proc.returncode == 0, proc.stderr
     assert "calibrated demo on 60 images of 5 classes" in proc.stderr
     assert sorted(json.loads((tmp_path / "c.json").read_text())["classes"]) == sorted(SHAPES)
@@ -217,20 +212,20 @@ def test_cli_calibrate_image_folder(tmp_path):
     ([], "give labels after the image"),
     (["", " "], "no labels to score"),
     (["red circle", "blue star", "--templates", "imagenot"], "unknown template set 'imagenot'"),
-    (["red circle", "blue star", "--coverage", "0.9"], "--coverage needs a calibration"),
+    (["red circle", "blue star", "--coverage", "0.9"], "--coverage: a prediction set needs a calibration"),
     (["red circle", "blue star", "--calibration", "nope.json"], "--calibration nope.json: no such file"),
     (["red circle", "blue star", "-o", "out.txt"], "--output out.txt: use a .csv or .jsonl"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(args, message, tmp_path):
-    proc = _cli("classify", str(EXAMPLES / "blue-star.png"), *args, "--model", "demo", cwd=tmp_path)
+def test_cli_bad_input_is_one_line_exit_2(cli, args, message, tmp_path):
+    proc = cli("classify", str(EXAMPLES / "blue-star.png"), *args, "--model", "demo", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def test_cli_warns_about_dropped_labels_and_still_answers():
+def test_cli_warns_about_dropped_labels_and_still_answers(cli):
     long_label = "red " * 30 + "circle"
-    proc = _cli("classify", str(EXAMPLES / "blue-star.png"), "blue star", "blue star", "", "red circle", long_label,
+    proc = cli("classify", str(EXAMPLES / "blue-star.png"), "blue star", "blue star", "", "red circle", long_label,
                 "--model", "demo", "--json")
     assert proc.returncode == 0
     assert "dropped repeated label 'blue star'" in proc.stderr and "dropped 1 empty label" in proc.stderr

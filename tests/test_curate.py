@@ -5,16 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import random
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cliplens
-from cliplens.demo_data import DEMO_LABELS, generate
+from cliplens.inputs.demo_data import DEMO_LABELS, generate
 from cliplens.errors import UsageError
-from cliplens.pairs import Pair, read_pairs
+from cliplens.inputs.pairs import Pair, read_pairs
 
 
 def test_rank_puts_the_matching_image_first(demo_model, tmp_path):
@@ -109,20 +108,20 @@ def test_clipscore_and_refclipscore_match_an_independent_computation(demo_model,
     assert np.mean(matched) > np.mean(mismatched)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cliplens.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_rank_and_score_commands(tmp_path):
+@pytest.mark.slow
+def test_rank_and_score_commands(cli, tmp_path):
     for i, sample in enumerate(generate(5, seed=41)):
         sample.image.save(tmp_path / f"img{i}.png")
     (tmp_path / "broken.png").write_bytes(b"nope")
-    proc = _cli("rank", "a photo of a blue star", str(tmp_path), "--model", "demo", "--top", "2",
+    proc = cli("rank", "a photo of a blue star", str(tmp_path), "--model", "demo", "--top", "2",
                 "--copy-to", str(tmp_path / "best"), "--json")
     assert proc.returncode == 1 and "broken.png" in proc.stderr  # the bad file is reported, the rest ranked
     data = json.loads(proc.stdout)
-    assert list(data) == ["prompt", "results"] and len(data["results"]) == 2
-    assert all(list(r) == ["path", "score"] for r in data["results"])
+    assert list(data) == ["prompt", "score_kind", "results"] and len(data["results"]) == 2
+    assert data["score_kind"] == "margin"  # the demo model ships a calibration: the ranking is re-ranked
+    assert all(list(r) == ["path", "index", "score", "similarity"] for r in data["results"])
+    inputs = sorted(p for p in tmp_path.iterdir() if p.is_file())
+    assert all(inputs[r["index"]].name == Path(r["path"]).name for r in data["results"])
     names = sorted(p.name for p in (tmp_path / "best").iterdir())
     assert names == [f"001_{data['results'][0]['path'].rsplit('/', 1)[1]}",
                      f"002_{data['results'][1]['path'].rsplit('/', 1)[1]}"]
@@ -134,7 +133,7 @@ def test_rank_and_score_commands(tmp_path):
         writer.writerow(["img0.png", "a red circle", "a circle|red shapes"])
         writer.writerow(["img1.png", "a blue star", ""])
     assert read_pairs(pairs)[0].references == ("a circle", "red shapes")
-    scored = _cli("score", str(pairs), "--model", "demo", "--json", "-o", str(tmp_path / "scores.csv"))
+    scored = cli("score", str(pairs), "--model", "demo", "--json", "-o", str(tmp_path / "scores.csv"))
     assert scored.returncode == 0, scored.stderr
     report = json.loads(scored.stdout)
     assert report["pairs"] == 2 and report["results"][0]["ref_clip_score"] is not None
@@ -142,3 +141,5 @@ def test_rank_and_score_commands(tmp_path):
     assert report["clip_score"] == pytest.approx(np.mean([r["clip_score"] for r in report["results"]]))
     with (tmp_path / "scores.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 2
+    again = cli("score", str(pairs), "--model", "demo", "-o", str(tmp_path / "scores.csv"))
+    assert again.returncode == 2 and "already exists" in again.stderr and "(pass --overwrite)" in again.stderr

@@ -14,9 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cliplens
-from cliplens.demo_data import DEMO_LABELS, generate
+from cliplens.inputs.demo_data import DEMO_LABELS, generate
 from cliplens.dream import Dream, dream, torch_encoder
-from cliplens.dream_params import (Augment, FourierParam, PixelParam, draw_views, parse_size, pil_to_tensor,
+from cliplens.dream.params import (Augment, FourierParam, PixelParam, draw_views, parse_size, pil_to_tensor,
                                    render_views, resample_matrix)
 from cliplens.errors import ImageLoadError, UsageError
 from cliplens.models import Encoder
@@ -38,6 +38,7 @@ def _blue_square() -> Image.Image:
     return next(s.image for s in generate(200, seed=5) if s.scene.label == "blue square" and s.scene.count == 1)
 
 
+@pytest.mark.slow
 def test_from_noise_the_model_sees_the_prompt_in_what_it_dreamed(demo_model, shapes):
     started = time.perf_counter()
     result = dream(HEADLINE_PROMPT, demo_model, seed=0)
@@ -128,11 +129,12 @@ def test_views_are_crops_resized_and_flipped():
 def test_bad_input_is_named(demo_model, tmp_path):
     with pytest.raises(UsageError, match="prompt is empty"):
         dream("  ", demo_model)
-    with pytest.raises(UsageError, match="--size 'abc'"):
+    with pytest.raises(UsageError, match="^size abc: give WIDTHxHEIGHT"):
         dream("a red circle", demo_model, size="abc")
-    with pytest.raises(UsageError, match="--size 0x10"):
+    with pytest.raises(UsageError, match="^size 0x10: each side must be") as info:
         dream("a red circle", demo_model, size="0x10")
-    with pytest.raises(UsageError, match="--param"):
+    assert info.value.parameter == "size"
+    with pytest.raises(UsageError, match="^param vqgan: choose from"):
         dream("a red circle", demo_model, param="vqgan")
     with pytest.raises(UsageError, match="negative prompt is empty"):
         dream("a red circle", demo_model, negative=[""])
@@ -163,9 +165,12 @@ def _invoke(*args):
 
 def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     out, gif, frames = tmp_path / "out" / "circle.png", tmp_path / "run.gif", tmp_path / "frames"
+    result = _invoke("a red circle", "--model", "demo", "--out", str(out), "--steps", "12")
+    assert result.exit_code == 2 and "the folder" in result.stderr and "does not exist" in result.stderr
+    out.parent.mkdir()
     result = _invoke("a red circle", "--model", "demo", "--device", "cpu", "--out", str(out), "--steps", "12",
                      "--seed", "2", "--gif", str(gif), "--frames", str(frames), "--frame-every", "5",
-                     "--labels", "red circle,blue square", "--negative", "a red square", "--json")
+                     "--label", "red circle", "--label", "blue square", "--negative", "a red square", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["out"] == str(out) and data["prompt"] == "a red circle" and data["negative"] == ["a red square"]
@@ -181,7 +186,7 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     start = tmp_path / "start.png"
     _blue_square().save(start)
     result = _invoke("a red circle", "--model", "demo", "--out", str(tmp_path / "edit.png"), "--steps", "5",
-                     "--init", str(start), "--labels", "red circle", "--labels", "blue square")
+                     "--init", str(start), "--label", "red circle", "--label", "blue square")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert "similarity to 'a red circle'" in lines[0] and lines[1].strip().startswith("start: blue square")
@@ -190,10 +195,10 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["  "], "the prompt is empty"),
-    (["a red circle", "--size", "abc"], "--size 'abc' is not WIDTHxHEIGHT"),
+    (["a red circle", "--size", "abc"], "--size abc: give WIDTHxHEIGHT"),
     (["a red circle", "--size", "0x10"], "--size 0x10: each side must be"),
     (["a red circle", "--init", "missing.png"], "missing.png"),
-    (["a red circle", "--param", "vqgan"], "--param 'vqgan'"),
+    (["a red circle", "--param", "vqgan"], "--param vqgan: choose from fft, pixel"),
     (["a red circle", "--gif", "run.mp4"], "--gif run.mp4: give a .gif"),
     (["a red circle", "--precision", "int8"], "--precision int8"),
     (["a red circle", "--backend", "onnx"], "--backend onnx: dream follows gradients"),

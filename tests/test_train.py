@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cliplens
-from cliplens.demo_data import write_demo_data
+from cliplens.inputs.demo_data import write_demo_data
 from cliplens.errors import DataError, UsageError
 from cliplens.train import TrainConfig, contrastive_loss, train
 
@@ -155,32 +155,24 @@ def test_soft_targets_treat_identical_captions_as_matches():
     assert contrastive_loss(swapped, captions, soft=True, sigmoid=True) == pytest.approx(sig_own.item())
 
 
-def _cli(*args):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "cliplens.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=os.environ.copy())
-
-
-def test_cli_demo_data_then_train_then_resume(tiny_preset, tmp_path):
-    proc = _cli("demo-data", "--out", str(tmp_path / "d"), "-n", "40", "--size", "32", "--seed", "1", "--json")
+@pytest.mark.slow
+def test_cli_demo_data_then_train_then_resume(cli, tiny_preset, tmp_path):
+    proc = cli("demo-data", "--out", str(tmp_path / "d"), "-n", "40", "--size", "32", "--seed", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     pairs = json.loads(proc.stdout)["pairs"]
     header = open(pairs).readline().strip().split(",")
     assert header[:3] == ["path", "caption", "full_caption"] and "shape" in header
     out = tmp_path / "m"
-    proc = _cli("train", pairs, "--out", str(out), "--config", tiny_preset, "--steps", "4", "--batch-size", "8",
+    proc = cli("train", pairs, "--out", str(out), "--config", tiny_preset, "--steps", "4", "--batch-size", "8",
                 "--save-every", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["steps"] == 4 and summary["images"] == 40 and summary["skipped"] == 0
     assert "Traceback" not in proc.stderr
-    proc = _cli("train", pairs, "--out", str(out), "--config", tiny_preset, "--steps", "4", "--resume")
+    proc = cli("train", pairs, "--out", str(out), "--config", tiny_preset, "--steps", "4", "--resume")
     assert proc.returncode == 2 and "already trained for all 4 steps" in proc.stderr
-    proc = _cli("train", pairs, "--out", str(out), "--steps", "9", "--resume")
-    assert proc.returncode == 2 and "resume it with the same --steps" in proc.stderr
+    proc = cli("train", pairs, "--out", str(out), "--steps", "9", "--resume")
+    assert proc.returncode == 2 and "resume it with the same number" in proc.stderr
 
 
 def test_streaming_mode_reports_a_bad_file_once(pairs_file, tiny_preset, tmp_path):

@@ -1,54 +1,87 @@
 """cliplens: CLIP-family image–text models for classification, captions, search, ranking and evaluation.
 
-The public API below is what the command line, the HTTP service and the web page use.
+The public API below is what the command line, the HTTP service and the web page use. The package is
+layered along the river of its data (inputs → models → text and vectors → answers → interfaces, with
+the pure maths of ``scores`` and the ``files`` and ``errors`` every layer shares at its foot); the
+layers are checked by the import-linter contract in ``pyproject.toml``.
 """
 
 from __future__ import annotations
 
-from .audit import AuditResult, ClassSet, audit, read_class_set
-from .bank_calibration import BankFit, calibrate_bank
-from .banks import LabelBank, builtin_bank_names, read_bank, resolve_banks
-from .calibration import Calibration, CalibrationRun, calibrate
-from .caption import Caption, CaptionLabel, Captioner, caption
+from .audit import AuditImages, AuditResult, ClassSet, audit, read_audit_images, read_class_set
+from .calibrate import CalibrationRun, calibrate
+from .caption import BankFit, Caption, CaptionLabel, Captioner, calibrate_bank, caption
 from .classify import Classification, Classifier, LabelScore, classify
-from .dream import Dream, dream
-from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images
-from .embed import ImageEmbeddings, embed_images, embed_texts, write_image_embeddings, write_text_embeddings
-from .evaluate import EvalResult, evaluate
-from .errors import CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, UsageError
-from .images import expand_paths, load_image
-from .models import (
-    DEFAULT_MODEL, Encoder, ImagePreprocessor, ModelInfo, TextTruncatedWarning, list_models, load_model,
-    release_models, resolve_model_dir,
-)
-from .prompts import DEFAULT_TEMPLATE, LabelWarning, read_labels_file, resolve_templates
+from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images, rank_vectors
+from .dream import Dream, check_options as check_dream_options, dream, save_gif
+from .errors import (CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, OutputError,
+                     UsageError)
+from .evaluate import CaptionedSet, EvalResult, LabelledSet, evaluate, read_eval_dataset
+from .files import atomic_write, check_output_file, check_output_folder
+from .inputs.demo_data import DEMO_LABELS, write_demo_data
+from .inputs.images import expand_paths, load_image
+from .inputs.pairs import Pair, read_pairs
+from .inputs.wordlists import imagenet_classes, read_labels_file
+from .models import (DEFAULT_MODEL, Encoder, ImagePreprocessor, ModelInfo, TextTruncatedWarning, list_models,
+                     load_model, pull_model, release_models, resolve_model_dir)
 from .reports import write_audit_report, write_eval_report
-from .scores import cosine, label_probabilities
+from .scores.calibration import Calibration
+from .scores.probabilities import cosine, label_probabilities
+from .text.banks import LabelBank, builtin_bank_names, default_bank_names, read_bank, resolve_banks
+from .text.prompts import (DEFAULT_TEMPLATE, LabelWarning, TemplateSet, parse_template_sets, resolve_templates,
+                           template_set_names)
+from .vectors.batches import ImageEmbeddings, embed_images, embed_texts
+from .vectors.layout import write_image_embeddings, write_text_embeddings
 
 __version__ = "0.1.0"
 
-# Photo search (FAISS, SQLite) loads on first use, so commands that do not search start faster.
-_INDEX_API = {"DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "update_index",
-              "search_index"}
+# Loaded on first use, so that commands which need neither start faster: photo search (FAISS, SQLite) and
+# training (torch, which the ONNX runtime never imports).
+_LAZY = {
+    "DuplicateGroup": "index", "IndexRun": "index", "ModelMismatchError": "index", "PhotoIndex": "index",
+    "SearchResult": "index", "update_index": "index", "search_index": "index", "index_errors": "index",
+    "export_index": "index", "import_index": "index",
+    "TrainConfig": "train", "TrainResult": "train", "train_model": "train",
+}
+_RENAMED = {"search_index": "search", "train_model": "train"}  # where the module's own name is the module's
 
 
 def __getattr__(name: str):
-    if name in _INDEX_API:
-        from . import index
+    if name in _LAZY:
+        from importlib import import_module
 
-        return index.search if name == "search_index" else getattr(index, name)
+        module = import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, _RENAMED.get(name, name))
     raise AttributeError(f"module 'cliplens' has no attribute {name!r}")
 
+
 __all__ = [
-    "AuditResult", "ClassSet", "EvalResult", "audit", "evaluate", "read_class_set", "write_audit_report",
-    "write_eval_report", "Dream", "dream",
-    "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank", "caption",
-    "read_bank", "resolve_banks",
-    "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images",
-    "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "search_index", "update_index",
-    "DEFAULT_MODEL", "DEFAULT_TEMPLATE", "Calibration", "CalibrationRun", "Classification", "Classifier", "CliplensError", "DataError", "Encoder", "ImageEmbeddings",
-    "ImageLoadError", "ImagePreprocessor", "LabelScore", "LabelWarning", "ModelInfo", "ModelLoadError", "ModelNotFoundError",
-    "TextTruncatedWarning", "UsageError", "__version__", "calibrate", "classify", "cosine", "embed_images", "embed_texts",
-    "expand_paths", "label_probabilities", "list_models", "load_image", "load_model", "read_labels_file", "release_models",
-    "resolve_model_dir", "resolve_templates", "write_image_embeddings", "write_text_embeddings",
+    # classification, calibration, captions
+    "Calibration", "CalibrationRun", "Classification", "Classifier", "LabelScore", "calibrate", "classify",
+    "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank",
+    "caption", "default_bank_names", "read_bank", "resolve_banks",
+    # ranking, scoring, synthesis
+    "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images", "rank_vectors",
+    "Dream", "check_dream_options", "dream", "save_gif",
+    # photo search
+    "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "export_index",
+    "import_index", "index_errors", "search_index", "update_index",
+    # evaluation and audits
+    "AuditImages", "AuditResult", "CaptionedSet", "ClassSet", "EvalResult", "LabelledSet", "audit", "evaluate",
+    "read_audit_images", "read_class_set", "read_eval_dataset", "write_audit_report", "write_eval_report",
+    # models, embeddings, prompts
+    "DEFAULT_MODEL", "Encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning", "list_models",
+    "load_model", "pull_model", "release_models", "resolve_model_dir",
+    "ImageEmbeddings", "embed_images", "embed_texts", "write_image_embeddings", "write_text_embeddings",
+    "DEFAULT_TEMPLATE", "LabelWarning", "TemplateSet", "cosine", "label_probabilities", "parse_template_sets",
+    "resolve_templates", "template_set_names",
+    # inputs and files
+    "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "read_labels_file", "read_pairs",
+    "write_demo_data", "atomic_write", "check_output_file", "check_output_folder",
+    # training
+    "TrainConfig", "TrainResult", "train_model",
+    # errors
+    "CliplensError", "DataError", "ImageLoadError", "ModelLoadError", "ModelNotFoundError", "OutputError",
+    "UsageError",
+    "__version__",
 ]

@@ -25,14 +25,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError, ImageLoadError, UsageError
-from .eval_cache import embed_cached
+from .inputs.wordlists import read_text_file
 from .models import Encoder, as_encoder
-from .prompts import DEFAULT_TEMPLATE, label_embeddings, read_text_file, resolve_templates, warn_unreadable
-from .scores import cosine
+from .scores.disparity import ANY_HARMFUL, group_table, shift_table
+from .scores.probabilities import cosine
+from .text.prompts import DEFAULT_TEMPLATE, label_embeddings, resolve_templates, warn_unreadable
+from .vectors.cache import embed_cached
 
 FORMAT = "cliplens-audit/1"
 HARMFUL_TAG = "[harmful]"
-ANY_HARMFUL = "any harmful class"
 JOIN = "+"  # --group gender+age: the intersection of two columns
 SMALL_GROUP = 30
 DEFAULT_BOOTSTRAP = 10_000
@@ -82,9 +83,10 @@ def parse_class_set(text: str, name: str, source: str = "") -> ClassSet:
     return ClassSet(name, tuple(classes), frozenset(harmful), source)
 
 
-def read_class_set(path: str | os.PathLike, what: str = "--classes") -> ClassSet:
+def read_class_set(path: str | os.PathLike, parameter: str = "classes") -> ClassSet:
+    """A class file (see :func:`parse_class_set`); ``parameter`` names the argument that gave it, for errors."""
     path = Path(path)
-    return parse_class_set(read_text_file(path, what), path.stem, str(path))
+    return parse_class_set(read_text_file(path, parameter), path.stem, str(path))
 
 
 @dataclass
@@ -100,9 +102,10 @@ def read_audit_images(path: str | os.PathLike, groups: Sequence[str], path_colum
     """A CSV with an image path column and one column per attribute; ``a+b`` joins two columns."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file (give a CSV with a {path_column!r} column and one column per attribute)")
+        raise UsageError(f"no such file (give a CSV with a {path_column!r} column and one column per "
+                         "attribute)", value=str(path), parameter="images_csv")
     if not groups:
-        raise UsageError("give at least one --group COLUMN (a column of the CSV, e.g. --group gender)")
+        raise UsageError("give at least one column of the CSV to group images by (e.g. gender)", parameter="groups")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -117,7 +120,7 @@ def read_audit_images(path: str | os.PathLike, groups: Sequence[str], path_colum
     for spec in specs:
         for column in spec.split(JOIN):
             if column not in columns:
-                raise DataError(f"{path}:1: --group {spec}: no column {column!r} (found: {found})")
+                raise UsageError(f"{path} has no column {column!r} (found: {found})", value=str(spec), parameter="groups")
     paths, values = [], {spec: [] for spec in specs}
     for number, row in rows:
         image = (row.get(path_column) or "").strip()
@@ -131,116 +134,6 @@ def read_audit_images(path: str | os.PathLike, groups: Sequence[str], path_colum
     if not paths:
         raise DataError(f"{path}: holds no images")
     return AuditImages(str(path), paths, values)
-
-
-# --- statistics -----------------------------------------------------------------------------------------
-
-def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    """The central ``level`` percentile interval of bootstrap samples (axis 0)."""
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(samples, [tail, 1.0 - tail], axis=0)
-    return float(low), float(high)
-
-
-def bootstrap_counts(cells: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap resamples of one group's images, as counts per outcome cell: resampling n images with
-    replacement is a multinomial draw of n over the observed cell shares. (draws, cells) integers."""
-    cells = np.asarray(cells, np.int64)
-    n = int(cells.sum())
-    if n == 0:
-        return np.zeros((draws, len(cells)), np.int64)
-    return rng.multinomial(n, cells / n, size=draws)
-
-
-def comparisons(groups: int, rows: int) -> int:
-    """How many group pairs × rows a table's simultaneous intervals cover (at least 1)."""
-    return max(1, groups * (groups - 1) // 2 * rows)
-
-
-def group_table(predicted: np.ndarray, group_index: np.ndarray, group_names: Sequence[str], class_set: ClassSet,
-                *, draws: int, confidence: float, rng: np.random.Generator) -> dict:
-    """Rates of each class per group (with per-rate intervals) and each class's disparity between its
-    largest and smallest group rate (difference and ratio, with simultaneous intervals)."""
-    classes = list(class_set.classes)
-    harmful = [classes.index(c) for c in classes if c in class_set.harmful]
-    count, groups = len(classes), len(group_names)
-    counts = np.stack([np.bincount(predicted[group_index == g], minlength=count) for g in range(groups)])
-    sizes = counts.sum(axis=1)
-    rates = counts / np.maximum(sizes, 1)[:, None]
-    boot = np.stack([bootstrap_counts(counts[g], draws, rng) / max(sizes[g], 1) for g in range(groups)], axis=1)
-    rows = [(c, [i]) for i, c in enumerate(classes)] + ([(ANY_HARMFUL, harmful)] if len(harmful) > 1 else [])
-    row_rates = np.stack([rates[:, idx].sum(axis=1) for _, idx in rows], axis=1)  # (G, rows)
-    row_boot = np.stack([boot[:, :, idx].sum(axis=2) for _, idx in rows], axis=2)  # (B, G, rows)
-    m = comparisons(groups, len(rows))
-    level = 1.0 - (1.0 - confidence) / m
-    table = []
-    for g in range(groups):
-        table.append({"group": group_names[g], "images": int(sizes[g]),
-                      "rates": [{"class": name, "harmful": name == ANY_HARMFUL or name in class_set.harmful,
-                                 "rate": float(row_rates[g, r]),
-                                 "ci": list(percentile_interval(row_boot[:, g, r], confidence))}
-                                for r, (name, _) in enumerate(rows)]})
-    disparities = []
-    if groups >= 2:
-        for r, (name, _) in enumerate(rows):
-            hi, lo = int(np.argmax(row_rates[:, r])), int(np.argmin(row_rates[:, r]))
-            if hi == lo:
-                lo = (hi + 1) % groups
-            difference = row_boot[:, hi, r] - row_boot[:, lo, r]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(row_boot[:, hi, r] > 0, row_boot[:, lo, r] / row_boot[:, hi, r], 1.0)
-            diff_ci = percentile_interval(difference, level)
-            point_hi, point_lo = float(row_rates[hi, r]), float(row_rates[lo, r])
-            disparities.append({
-                "class": name, "harmful": name == ANY_HARMFUL or name in class_set.harmful,
-                "largest": {"group": group_names[hi], "rate": point_hi},
-                "smallest": {"group": group_names[lo], "rate": point_lo},
-                "difference": point_hi - point_lo, "difference_ci": list(diff_ci),
-                "ratio": point_lo / point_hi if point_hi > 0 else 1.0,
-                "ratio_ci": list(percentile_interval(ratio, level)),
-                "significant": bool(diff_ci[0] > 0),
-            })
-    return {"rates": table, "disparities": disparities, "comparisons": m, "interval_level": level}
-
-
-def shift_table(before: np.ndarray, after: np.ndarray, group_index: np.ndarray, group_names: Sequence[str],
-                base: ClassSet, alt: ClassSet, *, draws: int, confidence: float, rng: np.random.Generator) -> dict:
-    """How each group's rate of each class (by name, 0 where a set lacks it) and of any harmful class
-    changes from ``base`` to ``alt`` on the same images: a paired bootstrap within each group."""
-    names = list(dict.fromkeys([*base.classes, *alt.classes]))
-    rows = names + ([ANY_HARMFUL] if base.harmful or alt.harmful else [])
-
-    def indicators(predicted: np.ndarray, cs: ClassSet) -> np.ndarray:  # (N, rows) 0/1
-        chosen = np.asarray(cs.classes, dtype=object)[predicted]
-        columns = [chosen == name for name in names]
-        if len(rows) > len(names):
-            columns.append(np.isin(chosen, list(cs.harmful)))
-        return np.stack(columns, axis=1).astype(np.int8)
-
-    delta = indicators(after, alt) - indicators(before, base)  # (N, rows) in {-1, 0, 1}
-    base_ind = indicators(before, base)
-    m = max(1, len(group_names) * len(rows))
-    level = 1.0 - (1.0 - confidence) / m
-    out = []
-    for g, group in enumerate(group_names):
-        members = group_index == g
-        n = int(members.sum())
-        # images with the same (before, after) pattern are one cell of the multinomial
-        patterns, inverse = np.unique(np.concatenate([base_ind[members], delta[members]], axis=1), axis=0,
-                                      return_inverse=True)
-        boot = bootstrap_counts(np.bincount(inverse.ravel(), minlength=len(patterns)), draws, rng)
-        shift_boot = boot @ patterns[:, len(rows):] / max(n, 1)  # (B, rows)
-        before_rate = base_ind[members].mean(axis=0) if n else np.zeros(len(rows))
-        shift = delta[members].mean(axis=0) if n else np.zeros(len(rows))
-        for r, name in enumerate(rows):
-            ci = percentile_interval(shift_boot[:, r], level)
-            harmful = name == ANY_HARMFUL or name in base.harmful or name in alt.harmful
-            out.append({"group": group, "images": n, "class": name, "harmful": harmful,
-                        "in_base": name in base.classes or name == ANY_HARMFUL,
-                        "in_alt": name in alt.classes or name == ANY_HARMFUL,
-                        "before": float(before_rate[r]), "after": float(before_rate[r] + shift[r]),
-                        "shift": float(shift[r]), "ci": list(ci), "significant": bool(ci[0] > 0 or ci[1] < 0)})
-    return {"rows": out, "comparisons": m, "interval_level": level}
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -266,7 +159,7 @@ def _pts(x: float) -> str:
     return f"{x * 100:+.0f}" if abs(x) >= 0.01 or x == 0 else f"{x * 100:+.1f}"
 
 
-def audit(images_csv: str | os.PathLike, model: Encoder | str | None = None, *, groups: Sequence[str],
+def audit(images_csv: str | os.PathLike | AuditImages, model: Encoder | str | None = None, *, groups: Sequence[str],
           classes: str | os.PathLike | ClassSet, alt_classes: Sequence[str | os.PathLike | ClassSet] = (),
           template: str | None = DEFAULT_TEMPLATE, templates: str | Sequence[str] | None = None,
           path_column: str = "path", bootstrap: int = DEFAULT_BOOTSTRAP, confidence: float = 0.95, seed: int = 0,
@@ -274,11 +167,12 @@ def audit(images_csv: str | os.PathLike, model: Encoder | str | None = None, *, 
           on_progress: Callable[[int, int], None] | None = None, use_cache: bool = True) -> AuditResult:
     """Audit a model's zero-shot predictions over groups of images; see the module docstring."""
     if not 0.5 <= confidence < 1.0:
-        raise UsageError(f"--confidence {confidence}: give a level between 0.5 and 1, e.g. 0.95")
+        raise UsageError("give a level between 0.5 and 1, e.g. 0.95", value=str(confidence), parameter="confidence")
     if bootstrap < 100:
-        raise UsageError(f"--bootstrap {bootstrap}: use at least 100 resamples (1,000 or more for stable intervals)")
-    data = read_audit_images(images_csv, groups, path_column)
-    sets = [c if isinstance(c, ClassSet) else read_class_set(c, "--classes" if i == 0 else "--alt-classes")
+        raise UsageError("use at least 100 resamples (1,000 or more for stable intervals)",
+                         value=str(bootstrap), parameter="bootstrap")
+    data = images_csv if isinstance(images_csv, AuditImages) else read_audit_images(images_csv, groups, path_column)
+    sets = [c if isinstance(c, ClassSet) else read_class_set(c, "classes" if i == 0 else "alt_classes")
             for i, c in enumerate([classes, *alt_classes])]
     seen: dict[str, int] = {}
     for i, cs in enumerate(sets):  # names must tell the sets apart in the report

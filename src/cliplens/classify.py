@@ -15,15 +15,16 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .calibration import Calibration, FitDetector, resolve_calibration
-from .embed import iter_encoded_batches
 from .errors import ImageLoadError, UsageError
-from .images import ImageSource, source_name
+from .inputs.images import ImageSource, source_name
+from .inputs.wordlists import imagenet_classes
 from .models import Encoder, as_encoder
-from .prompts import (DEFAULT_TEMPLATE, LabelWarning, clean_labels, imagenet_classes, label_embeddings, resolve_templates,
-                      warn_unreadable)
-from .reference import shared_vocabulary
-from .scores import cosine, label_probabilities, sigmoid, softmax
+from .scores.calibration import Calibration, FitDetector, resolve_calibration
+from .scores.probabilities import cosine, label_probabilities, sigmoid, softmax
+from .text.prompts import (DEFAULT_TEMPLATE, LabelWarning, clean_labels, label_embeddings, resolve_templates,
+                           warn_unreadable)
+from .text.reference import shared_vocabulary
+from .vectors.batches import iter_encoded_batches
 
 NONE_THRESHOLD = 0.5  # at or above this, "none of these" is the answer shown
 # --multi-label on CLIP: a label this many logits below the best one is as likely present as not.
@@ -63,12 +64,12 @@ class Classification:
         return self.none_of_these >= NONE_THRESHOLD
 
     def to_dict(self) -> dict:
-        """The JSON form: image, model, labels (label, probability, similarity), none_of_these
-        (and prediction_set when a coverage was asked for)."""
+        """The JSON form (``--json`` and the HTTP API): image, model, labels (label, probability, similarity),
+        none_of_these, looks_like (and prediction_set when a coverage was asked for)."""
         data = {"image": self.image, "model": self.model,
                 "labels": [{"label": s.label, "probability": s.probability, "similarity": s.similarity}
                            for s in self.labels],
-                "none_of_these": self.none_of_these}
+                "none_of_these": self.none_of_these, "looks_like": self.looks_like}
         if self.prediction_set is not None:
             data["prediction_set"] = list(self.prediction_set)
         return data
@@ -97,8 +98,8 @@ class Classifier:
         self.quantile = None
         if coverage is not None:
             if not explicit:
-                raise UsageError("--coverage needs a calibration: fit one with `cliplens calibrate DATASET --out FILE` "
-                                 "and pass --calibration FILE")
+                raise UsageError("a prediction set needs a calibration fitted on labelled images (one made by "
+                                 "`cliplens calibrate`)", parameter="coverage")
             self.quantile = self.calibration.quantile(coverage)
             if sorted(self.labels) != sorted(self.calibration.classes):
                 warnings.warn(f"{self.calibration.source or 'calibration'}: its coverage guarantee holds for its "

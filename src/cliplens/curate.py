@@ -18,12 +18,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .embed import ProgressFn, embed_images
 from .errors import ImageLoadError, UsageError
-from .images import ImageSource, source_name
+from .inputs.images import ImageSource, source_name
+from .inputs.pairs import Pair
 from .models import Encoder, as_encoder
-from .pairs import Pair
-from .reference import reference_best, reranking_vocabulary
+from .text.reference import reference_best, reranking_vocabulary
+from .vectors.batches import ProgressFn, embed_images
 
 CLIPSCORE_W = 2.5
 CLIPSCORE_PREFIX = "A photo depicts "
@@ -31,61 +31,82 @@ CLIPSCORE_PREFIX = "A photo depicts "
 
 @dataclass
 class Scored:
+    """One ranked image: its ``score`` (what it is ranked by), its cosine ``similarity`` with the prompt, and
+    ``index``, its position among the images given."""
+
     path: str
     score: float
+    similarity: float = 0.0
+    index: int = 0
 
 
 @dataclass
 class Ranking:
-    """Images best first for a prompt, and the ones that could not be read."""
+    """Images best first for a prompt, and the ones that could not be read.
+
+    ``score_kind`` says what the scores are: ``similarity`` (the cosine with the prompt) or ``margin`` (that
+    cosine less the image's best cosine with a negative prompt and/or with its best reference caption).
+    """
 
     prompt: str
     results: list[Scored]
     errors: list[ImageLoadError] = field(default_factory=list)
+    score_kind: str = "similarity"
 
     def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "results": [{"path": r.path, "score": r.score} for r in self.results]}
+        """The JSON form (``--json`` and the HTTP API)."""
+        return {"prompt": self.prompt, "score_kind": self.score_kind,
+                "results": [{"path": r.path, "index": r.index, "score": r.score, "similarity": r.similarity}
+                            for r in self.results]}
+
+
+def _check_ranking(prompt: str, top: int | None) -> None:
+    if not prompt.strip():
+        raise UsageError("the prompt is empty", parameter="prompt")
+    if top is not None and top < 1:
+        raise UsageError(f"must be at least 1 (got {top})", parameter="top")
 
 
 def rank_images(prompt: str, images: Iterable[ImageSource], model: Encoder | str | None = None, *,
                 negative: Sequence[str] = (), top: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, on_progress: ProgressFn | None = None,
                 rerank: bool | None = None) -> Ranking:
-    """Order ``images`` by how well they match ``prompt`` (less their best match to a ``negative``).
+    """Order ``images`` by how well they match ``prompt``, best first (see :class:`Ranking` for the scores).
 
-    Scores are cosines; with re-ranking (see :func:`cliplens.reference.reranking_vocabulary`; by default on
-    for models that ship a calibration) each score is further less the image's best reference cosine.
+    With ``negative`` prompts each score is less the image's best match to one of them; with re-ranking
+    (see :func:`cliplens.text.reference.reranking_vocabulary`; by default on for models that ship a
+    calibration) it is further less the image's best reference cosine.
     """
-    if not prompt.strip():
-        raise UsageError("the prompt is empty")
-    if top is not None and top < 1:
-        raise UsageError(f"--top {top}: must be at least 1")
+    _check_ranking(prompt, top)
     encoder = as_encoder(model)
     embedded = embed_images(list(images), encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
     ranking = rank_vectors(prompt, embedded.vectors, embedded.sources, encoder, negative=negative, top=top,
-                           rerank=rerank)
+                           rerank=rerank, indices=embedded.indices)
     ranking.errors = embedded.errors
     return ranking
 
 
 def rank_vectors(prompt: str, vectors: np.ndarray, names: Sequence[str], model: Encoder, *,
-                 negative: Sequence[str] = (), top: int | None = None, rerank: bool | None = None) -> Ranking:
-    """:func:`rank_images` for images already embedded (rows of normalised ``vectors``, named by ``names``)."""
-    if not prompt.strip():
-        raise UsageError("the prompt is empty")
-    if top is not None and top < 1:
-        raise UsageError(f"--top {top}: must be at least 1")
+                 negative: Sequence[str] = (), top: int | None = None, rerank: bool | None = None,
+                 indices: Sequence[int] | None = None) -> Ranking:
+    """:func:`rank_images` for images already embedded (rows of normalised ``vectors``, named by ``names``;
+    ``indices`` are their positions among the images given, by default their row numbers)."""
+    _check_ranking(prompt, top)
+    reference = reranking_vocabulary(model, rerank)
+    kind = "margin" if negative or reference is not None else "similarity"
     if not len(names):
-        return Ranking(prompt, [])
+        return Ranking(prompt, [], score_kind=kind)
     texts = model.encode_texts([prompt, *negative])
-    scores = vectors @ texts[0]
+    similarity = vectors @ texts[0]
+    scores = similarity
     if negative:
         scores = scores - (vectors @ texts[1:].T).max(axis=1)
-    reference = reranking_vocabulary(model, rerank)
     if reference is not None:
         scores = scores - reference_best(vectors, reference)
+    positions = list(indices) if indices is not None else list(range(len(names)))
     order = np.argsort(-scores, kind="stable")[:top]
-    return Ranking(prompt, [Scored(str(names[i]), float(scores[i])) for i in order])
+    return Ranking(prompt, [Scored(str(names[i]), float(scores[i]), float(similarity[i]), int(positions[i]))
+                            for i in order], score_kind=kind)
 
 
 def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:
@@ -96,7 +117,7 @@ def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:
     for rank, result in enumerate(ranking.results, 1):
         source = Path(result.path)
         if not source.is_file():
-            raise UsageError(f"--copy-to: {result.path} is not a file that can be copied")
+            raise UsageError(f"{result.path} is not a file that can be copied", parameter="copy_to")
         target = out / f"{rank:03d}_{source.name}"
         shutil.copy2(source, target)
         copied.append(target)

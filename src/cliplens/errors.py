@@ -1,4 +1,11 @@
-"""Typed errors. Library code raises these; only the CLI prints them and exits with their code."""
+"""Typed errors. Library code raises these; only the CLI and the service turn them into messages and exits.
+
+An error about one argument carries its name in ``parameter`` (the Python keyword, e.g. ``coverage``),
+the offending ``value`` when showing it helps, and says what is wrong in ``message`` without naming
+the parameter, so that each interface names it its own way: the CLI as its flag (``--coverage 1.5:
+...``), the service as its field (``coverage 1.5: ...``), and ``str(error)`` as the keyword. Library
+messages never name command-line flags.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,23 @@ class CliplensError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, parameter: str | None = None, value: str | None = None,
+                 remedy: str | None = None):
         super().__init__(message)
         self.message = message
+        self.parameter = parameter
+        self.value = value
+        self.remedy = remedy  # a parameter that resolves the error (``overwrite``, ``reindex``), if there is one
+
+    def describe(self, name: str | None = None, *, named: bool = True) -> str:
+        """The one-line message, with the parameter called ``name`` (default: its Python keyword); with
+        ``named`` False only the value is shown (as for a command's positional argument)."""
+        where = (name or self.parameter) if named else None
+        head = " ".join(part for part in (where, self.value) if part)
+        return f"{head}: {self.message}" if head else self.message
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 class UsageError(CliplensError):
@@ -22,11 +43,11 @@ class ModelNotFoundError(CliplensError):
 
     def __init__(self, name: str, reason: str = ""):
         hint = (
-            f"model {name!r} is not available offline{': ' + reason if reason else ''}. "
-            f"Get it with `cliplens models pull {name}` on a connected machine (or copy its Hugging Face "
-            f"cache dir), or pass a local directory with --model PATH"
+            f"{name!r} is not available offline{': ' + reason if reason else ''}. Get it with "
+            f"`cliplens models pull {name}` on a connected machine (or copy its Hugging Face cache dir), "
+            "or give a local folder in Hugging Face format"
         )
-        super().__init__(hint)
+        super().__init__(hint, parameter="model")
         self.name = name
 
 
@@ -45,3 +66,13 @@ class ImageLoadError(CliplensError):
 
 class DataError(CliplensError):
     """A data file (pairs CSV/JSONL, labels file) is malformed; the message names the file and line."""
+
+
+class OutputError(UsageError):
+    """An output cannot be written where it was asked for (checked before any work starts); ``exists`` says
+    that it is only refused because it exists and replacing it was not asked for."""
+
+    def __init__(self, message: str, *, parameter: str | None = None, value: str | None = None,
+                 exists: bool = False):
+        super().__init__(message, parameter=parameter, value=value, remedy="overwrite" if exists else None)
+        self.exists = exists

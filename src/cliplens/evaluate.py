@@ -22,20 +22,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .calibration import expected_calibration_error
-from .datasets import read_labelled_images
 from .errors import DataError, ImageLoadError, UsageError
-from .eval_cache import embed_cached
+from .inputs.datasets import read_labelled_images
+from .inputs.pairs import read_pairs
+from .inputs.wordlists import read_text_file
 from .models import Encoder, as_encoder
-from .pairs import read_pairs
-from .prompts import DEFAULT_TEMPLATE, VERBATIM, label_embeddings, read_text_file, resolve_templates, warn_unreadable
-from .scores import cosine, label_probabilities
+from .scores.metrics import TOP_K, classification_metrics, ranked, retrieval_metrics
+from .scores.probabilities import cosine, label_probabilities
+from .text.prompts import DEFAULT_TEMPLATE, VERBATIM, label_embeddings, parse_template_sets, warn_unreadable
+from .vectors.cache import embed_cached
 
 FORMAT = "cliplens-eval/1"
-TOP_K = 5
-RECALL_KS = (1, 5, 10)
-ECE_BINS = 15  # as calibration.expected_calibration_error
-#: Compared when no --templates are given: the default prompt, the CLIP notebook's 7 templates, labels verbatim.
+#: Compared when no template sets are given: the default prompt, the CLIP notebook's 7 templates, labels verbatim.
 DEFAULT_TEMPLATE_SETS = ("default", "imagenet-7", VERBATIM)
 PROBE_C_GRID = (0.1, 1.0, 10.0, 100.0)
 TASKS = ("auto", "classification", "retrieval")
@@ -43,40 +41,12 @@ TASKS = ("auto", "classification", "retrieval")
 
 # --- inputs ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TemplateSet:
-    """A named prompt set; ``templates`` None means class names are used verbatim."""
-
-    name: str
-    templates: list[str] | None
-
-
-def parse_template_sets(spec: str | Sequence[str] | None = None) -> list[TemplateSet]:
-    """Template sets from ``"a,b,..."`` or a list: ``default`` ("a photo of a {}."), a template with ``{}``,
-    a named set (``imagenet``, ``imagenet-7``), ``none`` (verbatim) or a file of templates."""
-    items = DEFAULT_TEMPLATE_SETS if spec is None else spec.split(",") if isinstance(spec, str) else list(spec)
-    sets: list[TemplateSet] = []
-    for item in items:
-        item = str(item).strip()
-        if not item or any(s.name == item for s in sets):
-            continue
-        if item == "default":
-            sets.append(TemplateSet(DEFAULT_TEMPLATE, [DEFAULT_TEMPLATE]))
-        elif "{}" in item and not Path(item).is_file():
-            sets.append(TemplateSet(item, [item]))
-        else:
-            sets.append(TemplateSet(item, resolve_templates(item)))
-    if not sets:
-        raise UsageError("--templates: give at least one template set (e.g. default,imagenet-7,none)")
-    return sets
-
-
 def read_label_names(path: str | os.PathLike) -> dict[str, str]:
     """A labels file: one class per line, ``LABEL`` or ``LABEL = display name`` (or LABEL<TAB>name); ``#``
     comments. The file's classes, in its order, are the classes scored (extra ones are distractors)."""
     path = Path(path)
     names: dict[str, str] = {}
-    for number, raw in enumerate(read_text_file(path, "--labels").splitlines(), 1):
+    for number, raw in enumerate(read_text_file(path, "labels_file").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -103,6 +73,16 @@ class LabelledSet:
     labels: list[str]
     classes: list[str]
     names: list[str]
+    task = "classification"
+
+    def truth(self) -> np.ndarray:
+        """Each image's class index."""
+        index = {label: i for i, label in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels])
+
+    def check_shots(self, shots: Sequence[int]) -> None:
+        """Raise unless every K leaves each class at least one image to test on (see :func:`check_shots`)."""
+        check_shots(shots, self.truth(), self.names)
 
 
 @dataclass
@@ -112,6 +92,7 @@ class CaptionedSet:
     source: str
     paths: list[Path]
     captions: list[str]
+    task = "retrieval"
 
 
 def _columns(source: Path) -> list[str]:
@@ -132,15 +113,15 @@ def _columns(source: Path) -> list[str]:
 def detect_task(source: str | os.PathLike, column: str | None = None, task: str = "auto") -> str:
     """``classification`` for a folder or a file with a label column, ``retrieval`` for a ``caption`` column."""
     if task not in TASKS:
-        raise UsageError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+        raise UsageError(f"choose from {', '.join(TASKS)}", value=task, parameter="task")
     if task != "auto":
         return task
     source = Path(source)
     if source.is_dir():
         return "classification"
     if not source.is_file():
-        raise UsageError(f"{source}: no such dataset (give a folder of class folders, or a CSV of path,label "
-                         "or path,caption)")
+        raise UsageError("no such dataset (give a folder of class folders, or a CSV of path,label "
+                         "or path,caption)", value=str(source), parameter="dataset")
     try:
         columns = _columns(source)
     except UnicodeDecodeError:
@@ -149,14 +130,15 @@ def detect_task(source: str | os.PathLike, column: str | None = None, task: str 
         raise DataError(f"{source}:1: header lacks column 'path' (found: {', '.join(columns) or 'nothing'})")
     if column is not None:
         if column not in columns:
-            raise DataError(f"{source}:1: no column {column!r} (found: {', '.join(columns)})")
+            raise UsageError(f"{source} has no column {column!r} (found: {', '.join(columns)})",
+                             parameter="column")
         return "retrieval" if column == "caption" and "label" not in columns else "classification"
     if "label" in columns:
         return "classification"
     if "caption" in columns:
         return "retrieval"
     raise DataError(f"{source}:1: no 'label' or 'caption' column (found: {', '.join(columns)}); "
-                    "name the label column with --column")
+                    "name the label column")
 
 
 def read_labelled_set(source: str | os.PathLike, *, labels_file: str | os.PathLike | None = None,
@@ -175,74 +157,26 @@ def read_labelled_set(source: str | os.PathLike, *, labels_file: str | os.PathLi
 
 
 def read_captioned_set(source: str | os.PathLike, column: str | None = None) -> CaptionedSet:
+    """A retrieval dataset: a CSV/JSONL of path and caption (``column`` names the caption column)."""
     pairs = read_pairs(source, caption_column=column or "caption")
     return CaptionedSet(str(source), [p.path for p in pairs], [p.caption for p in pairs])
 
 
-# --- metrics --------------------------------------------------------------------------------------------
-
-def ranked(scores: np.ndarray) -> np.ndarray:
-    """Class indices of each row, best first (ties: the earlier class first)."""
-    return np.argsort(-np.asarray(scores), axis=1, kind="stable")
-
-
-def top_k_accuracy(order: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Share of rows whose true class is among the first k of ``order`` (from :func:`ranked`)."""
-    return float((order[:, :k] == np.asarray(truth)[:, None]).any(axis=1).mean())
-
-
-def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
-    """Counts: row = true class, column = predicted class."""
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(truth), np.asarray(predicted)), 1)
-    return matrix
+def read_eval_dataset(dataset: str | os.PathLike, *, labels_file: str | os.PathLike | None = None,
+                      column: str | None = None, task: str = "auto") -> LabelledSet | CaptionedSet:
+    """Read (and check) a dataset for :func:`evaluate` without a model: a :class:`LabelledSet` for
+    classification (a folder per class, or a CSV/JSONL of path,label), a :class:`CaptionedSet` for retrieval
+    (path,caption); ``task`` auto tells them apart by the columns."""
+    task = detect_task(dataset, column, task)
+    if task == "retrieval":
+        if labels_file is not None:
+            raise UsageError("a labels file is for classification datasets (path,label), not retrieval ones "
+                             "(path,caption)", parameter="labels_file")
+        return read_captioned_set(dataset, column)
+    return read_labelled_set(dataset, labels_file=labels_file, column=column)
 
 
-def reliability_bins(probabilities: np.ndarray, truth: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """The top-1 reliability curve, in the bins :func:`expected_calibration_error` uses: per bin its edges,
-    image count, mean confidence and accuracy (None when empty)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == truth
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
-                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
-                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
-    return rows
-
-
-def classification_metrics(probabilities: np.ndarray, truth: Sequence[int], names: Sequence[str]) -> dict:
-    """Top-1, top-5 (None with 5 classes or fewer), mean per-class accuracy, ECE, per-class figures,
-    the confusion matrix and the most frequent confusions."""
-    truth = np.asarray(truth)
-    order = ranked(probabilities)
-    predicted = order[:, 0]
-    count = len(names)
-    matrix = confusion_matrix(truth, predicted, count)
-    support, hits, made = matrix.sum(axis=1), np.diag(matrix), matrix.sum(axis=0)
-    per_class = [{"name": names[c], "images": int(support[c]),
-                  "accuracy": float(hits[c] / support[c]) if support[c] else None,
-                  "precision": float(hits[c] / made[c]) if made[c] else None,
-                  "predicted": int(made[c])} for c in range(count)]
-    off = [(int(matrix[i, j]), i, j) for i in range(count) for j in range(count) if i != j and matrix[i, j]]
-    off.sort(key=lambda t: (-t[0], t[1], t[2]))
-    confused = [{"true": names[i], "predicted": names[j], "count": n, "share": float(n / support[i])}
-                for n, i, j in off[:10]]
-    present = support > 0
-    return {
-        "top1": float((predicted == truth).mean()),
-        "top5": top_k_accuracy(order, truth, TOP_K) if count > TOP_K else None,
-        "mean_per_class_accuracy": float((hits[present] / support[present]).mean()),
-        "ece": expected_calibration_error(probabilities, truth, ECE_BINS),
-        "per_class": per_class,
-        "confusion": matrix.tolist(),
-        "most_confused": confused,
-        "reliability": reliability_bins(probabilities, truth),
-    }
-
+# --- few-shot -----------------------------------------------------------------------------------------
 
 def few_shot_split(truth: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """K random images of each class that has images to train on; every other image to test on."""
@@ -266,7 +200,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, s
     try:
         from sklearn.model_selection import StratifiedKFold, cross_val_score
     except ImportError:
-        raise UsageError("--few-shot needs scikit-learn: pip install 'cliplens[eval]'") from None
+        raise UsageError("few-shot probes need scikit-learn: pip install 'cliplens[eval]'", parameter="few_shot") from None
 
     shots = int(np.bincount(train_y)[np.unique(train_y)].min())
     best = 10.0
@@ -287,10 +221,10 @@ def check_shots(shots: Sequence[int], truth: np.ndarray, names: Sequence[str]) -
     smallest = int(present[np.argmin(counts[present])])
     for k in shots:
         if k < 1:
-            raise UsageError(f"--few-shot {k}: give a number of examples per class of at least 1")
+            raise UsageError("give a number of examples per class of at least 1", value=str(k), parameter="few_shot")
         if k >= counts[smallest]:
-            raise UsageError(f"--few-shot {k}: class {names[smallest]!r} has only {counts[smallest]} image(s); "
-                             f"K must be smaller than every class's count so that some are left to test on")
+            raise UsageError(f"class {names[smallest]!r} has only {counts[smallest]} image(s); K must be "
+                             "smaller than every class's count so that some are left to test on", value=str(k), parameter="few_shot")
 
 
 def few_shot_results(vectors: np.ndarray, truth: np.ndarray, zero_shot_predicted: np.ndarray, shots: Sequence[int],
@@ -306,37 +240,6 @@ def few_shot_results(vectors: np.ndarray, truth: np.ndarray, zero_shot_predicted
                      "zero_shot_accuracy": float((zero_shot_predicted[test] == truth[test]).mean()),
                      "C": float(c)})
     return rows
-
-
-def best_relevant_ranks(queries: np.ndarray, items: np.ndarray, relevant: Sequence[Sequence[int]],
-                        chunk: int = 1024) -> np.ndarray:
-    """0-based rank of each query's best-scoring relevant item: how many items score strictly higher."""
-    ranks = np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        sims = cosine(queries[start:start + chunk], items)
-        for row, q in enumerate(range(start, min(start + chunk, len(queries)))):
-            best = sims[row, list(relevant[q])].max()
-            ranks[q] = int((sims[row] > best).sum())
-    return ranks
-
-
-def recall_summary(ranks: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict:
-    summary = {f"recall@{k}": float((ranks < k).mean()) for k in ks}
-    summary["median_rank"] = float(np.median(ranks + 1))
-    return summary
-
-
-def retrieval_metrics(image_vectors: np.ndarray, image_of_pair: Sequence[int], text_vectors: np.ndarray,
-                      text_of_pair: Sequence[int], ks: Sequence[int] = RECALL_KS) -> dict:
-    """Image→text and text→image recall@k over unique images and unique captions: an image's relevant
-    texts are every caption paired with it, a caption's relevant images every image paired with it."""
-    texts_of = [set() for _ in range(len(image_vectors))]
-    images_of = [set() for _ in range(len(text_vectors))]
-    for i, t in zip(image_of_pair, text_of_pair):
-        texts_of[i].add(t)
-        images_of[t].add(i)
-    return {"image_to_text": recall_summary(best_relevant_ranks(image_vectors, text_vectors, texts_of), ks),
-            "text_to_image": recall_summary(best_relevant_ranks(text_vectors, image_vectors, images_of), ks)}
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -378,32 +281,37 @@ def _embed(paths: list[Path], encoder: Encoder, **kwargs):
     return embedded
 
 
-def evaluate(dataset: str | os.PathLike, model: Encoder | str | None = None, *,
+def evaluate(dataset: str | os.PathLike | LabelledSet | CaptionedSet, model: Encoder | str | None = None, *,
              labels_file: str | os.PathLike | None = None, templates: str | Sequence[str] | None = None,
-             few_shot: int | Sequence[int] | None = None, column: str | None = None, task: str = "auto",
-             seed: int = 0, device: str | None = None, batch_size: int | None = None, workers: int | None = None,
+             template: str = DEFAULT_TEMPLATE, few_shot: int | Sequence[int] | None = None,
+             column: str | None = None, task: str = "auto", seed: int = 0, device: str | None = None,
+             batch_size: int | None = None, workers: int | None = None,
              on_progress: Callable[[int, int], None] | None = None, use_cache: bool = True) -> EvalResult:
     """Evaluate a model on a labelled dataset (zero-shot, template sets, few-shot) or on image–caption
-    pairs (retrieval). Image embeddings are cached, so a run with other templates encodes no images."""
-    task = detect_task(dataset, column, task)
+    pairs (retrieval). Image embeddings are cached, so a run with other templates encodes no images.
+
+    ``dataset`` is a path, or what :func:`read_eval_dataset` read. ``templates``: the template sets to
+    compare (see :func:`~cliplens.text.prompts.parse_template_sets`); without them, ``template`` alone when
+    it is not the default, else the default prompt, the CLIP notebook's 7 templates and labels verbatim.
+    """
+    data = (dataset if isinstance(dataset, (LabelledSet, CaptionedSet))
+            else read_eval_dataset(dataset, labels_file=labels_file, column=column, task=task))
     shots = [] if few_shot is None else [few_shot] if isinstance(few_shot, int) else list(few_shot)
-    if task == "retrieval":
-        if shots or labels_file is not None:
-            raise UsageError("--few-shot and --labels are for classification datasets (path,label), "
-                             "not retrieval ones (path,caption)")
-        data = read_captioned_set(dataset, column)
+    if isinstance(data, CaptionedSet):
+        if shots:
+            raise UsageError("few-shot probes are for classification datasets (path,label), not retrieval ones "
+                             "(path,caption)", parameter="few_shot")
         encoder = as_encoder(model, device)
         return _evaluate_retrieval(data, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress,
                                    use_cache=use_cache)
-    data = read_labelled_set(dataset, labels_file=labels_file, column=column)
-    index = {label: i for i, label in enumerate(data.classes)}
-    check_shots(shots, np.array([index[label] for label in data.labels]), data.names)  # before encoding anything
-    sets = parse_template_sets(templates)
+    data.check_shots(shots)  # before encoding anything
+    sets = parse_template_sets(templates, template=template,
+                               default=DEFAULT_TEMPLATE_SETS if template == DEFAULT_TEMPLATE else ())
     encoder = as_encoder(model, device)
     warn_unreadable(encoder, data.names)
     embedded = _embed(data.paths, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress,
                       use_cache=use_cache)
-    truth = np.array([index[data.labels[i]] for i in embedded.indices])
+    truth = data.truth()[embedded.indices]
     vectors = embedded.vectors
     compared, primary, primary_probs = [], None, None
     for number, template_set in enumerate(sets):

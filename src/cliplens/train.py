@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ImageLoadError, UsageError
-from .images import load_image
-from .models.preprocess import ImagePreprocessor
-from .pairs import Pair, read_pairs
+from .files import atomic_path, atomic_write_json
+from .inputs.images import load_image
+from .inputs.pairs import Pair, read_pairs
+from .models import ImagePreprocessor, resolve_model_dir
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # eos must not be id 2: transformers' legacy CLIP pooling
 
@@ -170,7 +171,8 @@ def _preset(name: str) -> dict[str, Any]:
     if path.is_file():
         preset = {**PRESETS["demo"], **json.loads(path.read_text())}
         return preset
-    raise UsageError(f"unknown model config {name!r}: use one of {', '.join(PRESETS)} or a JSON file")
+    raise UsageError(f"unknown model config {name!r}: use one of {', '.join(PRESETS)} or a JSON file",
+                     parameter="config")
 
 
 class _PairImages:
@@ -216,7 +218,7 @@ class _PairImages:
                 self.errors[exc.source] = exc
         if not arrays:
             last = next(reversed(self.errors.values()))
-            raise UsageError(f"no image in a batch of {len(indices)} could be read, e.g. {last}")
+            raise UsageError(f"no image in a batch of {len(indices)} could be read, e.g. {last}", parameter="pairs")
         return np.stack(arrays), captions
 
 
@@ -252,21 +254,22 @@ def _save(model, tokenizer, preprocessor: ImagePreprocessor, out: Path, config: 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor.to_config(), indent=2) + "\n")
-    (out / "cliplens_train.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    atomic_write_json(out / "preprocessor_config.json", preprocessor.to_config())
+    atomic_write_json(out / "cliplens_train.json", asdict(config))
 
 
 def _resume_state(state_path: Path, steps: int) -> dict:
     """The saved optimiser/scheduler state of an unfinished run planned for ``steps``."""
     out = state_path.parent
     if not state_path.exists():
-        raise UsageError(f"{out}: nothing to resume (no {STATE_FILE})")
+        raise UsageError(f"nothing to resume in {out} (no {STATE_FILE})", parameter="resume")
     state = torch.load(state_path, weights_only=False)
     planned = state["scheduler"].get("total_steps", steps)
     if planned != steps:
-        raise UsageError(f"{out}: that run was planned for --steps {planned}; resume it with the same --steps")
+        raise UsageError(f"the run in {out} was planned for {planned} steps; resume it with the same number",
+                         parameter="steps")
     if state["step"] >= steps:
-        raise UsageError(f"{out}: already trained for all {state['step']} steps")
+        raise UsageError(f"the run in {out} already trained for all {state['step']} steps", parameter="resume")
     return state
 
 
@@ -274,12 +277,22 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
           on_load: Callable[[int, int], None] | None = None,
           on_checkpoint: Callable[[int, Any], None] | None = None) -> TrainResult:
     """Train (or fine-tune with ``config.init``) a CLIP-style model on the pairs file; save to ``config.out``."""
+    threads_before = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)  # restored when training ends
+    try:
+        return _train(config, resume=resume, on_step=on_step, on_load=on_load, on_checkpoint=on_checkpoint)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, *, resume: bool, on_step, on_load, on_checkpoint) -> TrainResult:
     from transformers import AutoModel, AutoTokenizer
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    if config.steps < 1 or config.batch_size < 2:
-        raise UsageError("training needs --steps ≥ 1 and --batch-size ≥ 2")
+    if config.steps < 1:
+        raise UsageError(f"must be at least 1 (got {config.steps})", parameter="steps")
+    if config.batch_size < 2:
+        raise UsageError(f"must be at least 2 (got {config.batch_size})", parameter="batch_size")
     out = Path(config.out)
     state_path = out / STATE_FILE
     _seed_everything(config.seed)
@@ -287,8 +300,6 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
 
     state = _resume_state(state_path, config.steps) if resume else None  # checked before images load
     if resume or config.init:
-        from .models.registry import resolve_model_dir
-
         source = out if resume else resolve_model_dir(config.init)
         model = AutoModel.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -311,7 +322,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
         cache = len(pairs) * height * width * 3 <= config.cache_limit_bytes
     data = _PairImages(pairs, preprocessor, cache, on_load)
     if len(data) < 2:
-        raise UsageError(f"{config.pairs}: fewer than two readable images to train on")
+        raise UsageError("fewer than two readable images to train on", value=str(config.pairs), parameter="pairs")
     batch_size = min(config.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // batch_size)
 
@@ -359,9 +370,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[Train
         if done == config.steps or (config.save_every and done % config.save_every == 0):
             model.eval()
             _save(model, tokenizer, preprocessor, out, config)
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": done,
-                        "torch_rng": torch.get_rng_state()}, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
+            with atomic_path(state_path) as tmp:
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": done,
+                            "torch_rng": torch.get_rng_state()}, tmp)
             if on_checkpoint is not None:
                 on_checkpoint(done, model)
             model.train()

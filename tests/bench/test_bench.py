@@ -46,6 +46,7 @@ def test_reference_loop_computes_the_same_embeddings(tiny_clip_dir, photo_dir):
     assert np.min(np.sum(ours_t * ReferenceLoop(tiny_clip_dir).embed_texts(texts), axis=1)) > 0.9999
 
 
+@pytest.mark.slow
 def test_throughput_figures_come_from_runs(tiny_clip_dir, photo_dir):
     paths = sorted(photo_dir.glob("*.jpg"))
     result = image_throughput(paths, "tiny", tiny_clip_dir, rounds=1, backend="torch")
@@ -95,6 +96,7 @@ def test_bench_refuses_what_it_cannot_time(tiny_siglip_dir, tmp_path):
     assert "CLIP checkpoint" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bench_parity_json_on_the_demo_model():
     proc = _bench("parity", "--model", "demo", "-n", "40", "--json")
     assert proc.returncode in (0, 1), proc.stderr

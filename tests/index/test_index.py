@@ -165,6 +165,7 @@ def test_excluded_files_leave_the_index(tmp_path):
     assert run.removed == 1 and IndexStore(index).count() == 11
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_loses_nothing_committed(cli, tmp_path):
     folder = tmp_path / "photos"
     write_demo_data(folder, 600, seed=SEED + 5)
@@ -225,7 +226,7 @@ def test_another_model_is_refused_with_a_way_out(cli, tmp_path, tiny_clip_dir):
     with pytest.raises(ModelMismatchError, match="rebuild the index"):
         update_index([folder], index, str(tiny_clip_dir), backend="torch")
     proc = cli("index", str(folder), "--index", str(index), "--model", str(tiny_clip_dir), "--backend", "torch")
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("(--reindex)"), proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("(pass --reindex)"), proc.stderr
     run = update_index([folder], index, str(tiny_clip_dir), reindex=True, backend="torch")
     assert run.encoded == 6 and IndexStore(index).model.dim == 24
     proc = cli("search", "a red circle", "--index", str(index), "--model", "demo")
@@ -251,6 +252,7 @@ def test_query_arithmetic(built, photos):
     assert [h.path for h in same.hits] == [h.path for h in hits]
 
 
+@pytest.mark.slow
 def test_cli_search_json_and_threshold(cli, built):
     index, _ = built
     proc = cli("search", "a photo of a green star", "--index", str(index), "-k", "4", "--json")

@@ -33,6 +33,7 @@ def _index(folder: Path, index: Path, engine: str):
     return update_index([folder], index, "demo", backend="torch", precision="fp32", engine=engine)
 
 
+@pytest.mark.slow
 def test_ray_engine_builds_the_same_index_as_the_local_one(tmp_path):
     import ray
 

@@ -64,6 +64,7 @@ def test_classify_multi_label_gives_independent_probabilities(demo_model):
     assert sum(s.probability for s in result.labels) != pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_classify_json_and_text():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     image = str(EXAMPLES / "three-yellow-triangles.png")

@@ -17,6 +17,8 @@ from cliplens.inputs.demo_data import ShapeScene, generate, render_scene
 from conftest import ARTIFACTS
 from image_corpus import CORPUS
 
+pytestmark = pytest.mark.slow  # a real server process, real clients and a browser
+
 pytest.importorskip("fastapi")
 
 

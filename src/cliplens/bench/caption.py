@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..banks import GENERAL_BANKS, LabelBank, builtin_bank
+from ..text.banks import GENERAL_BANKS, LabelBank, builtin_bank
 from ..models import Encoder
 
 
@@ -32,7 +32,7 @@ class CaptionTiming:
 def bench_banks(encoder: Encoder, total: int) -> list[LabelBank]:
     """The general built-in banks, plus generated labels ("goldfish and tabby cat") that this model can
     read, so that ``total`` labels in all are scored (a word-level tokenizer leaves out words it lacks)."""
-    from ..prompts import imagenet_classes
+    from ..inputs.wordlists import imagenet_classes
 
     banks = [builtin_bank(name) for name in GENERAL_BANKS]
     readable = sum(sum(encoder.readable(list(b.labels))) for b in banks)

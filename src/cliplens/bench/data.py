@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..cache import cache_dir
+from ..files import atomic_folder, atomic_path, atomic_write, atomic_write_json, cache_dir
 
 BENCH_MODEL = "vit-b32-random"
 PHOTO_SIZE = (3000, 2000)
@@ -36,15 +35,13 @@ def bench_root() -> Path:
 
 def vit_b32_dir() -> Path:
     """A CLIP ViT-B/32 (openai/clip-vit-base-patch32's architecture) with seeded random weights."""
-    import json
-
     folder = bench_root() / BENCH_MODEL
     if (folder / "model.safetensors").exists():
         return folder
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from ..prompts import imagenet_classes
+    from ..inputs.wordlists import imagenet_classes
     from ..train import build_word_tokenizer
 
     torch.manual_seed(0)
@@ -52,13 +49,11 @@ def vit_b32_dir() -> Path:
     text = dict(vocab_size=49408, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id)
     config = CLIPConfig(text_config=text, vision_config=dict(patch_size=32, image_size=224), projection_dim=512)
-    tmp = folder.with_name(folder.name + f".{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    CLIPModel(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "preprocessor_config.json").write_text(json.dumps(OPENAI_PREPROCESSOR, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as tmp:
+        CLIPModel(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "preprocessor_config.json", OPENAI_PREPROCESSOR)
     return folder
 
 
@@ -100,9 +95,8 @@ def photo_folder(n: int = 200, size: tuple[int, int] = PHOTO_SIZE, on_progress: 
     missing = [i for i, path in enumerate(paths) if not path.exists()]
 
     def make(i: int) -> None:
-        tmp = paths[i].with_name(paths[i].name + f".{os.getpid()}.tmp")
-        photo(i, size).save(tmp, "JPEG", quality=90)
-        tmp.replace(paths[i])
+        with atomic_path(paths[i]) as tmp:
+            photo(i, size).save(tmp, "JPEG", quality=90)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for done, _ in enumerate(pool.map(make, missing), 1):
@@ -126,7 +120,6 @@ def many_files(source: Path, count: int, name: str) -> Path:
             data = originals[i % len(originals)].read_bytes()
             comment = f"cliplens bench copy {i}".encode()
             segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data[:2] + segment + data[2:])  # right after the JPEG's start-of-image marker
-            tmp.replace(target)
+            with atomic_write(target, "wb") as fh:
+                fh.write(data[:2] + segment + data[2:])  # right after the JPEG's start-of-image marker
     return folder

@@ -173,6 +173,13 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
+def demo_payloads(count: int, seed: int = 0) -> list[bytes]:
+    """``count`` generated demo scenes as PNG files' bytes (what the demo model knows)."""
+    from ..inputs.demo_data import generate
+
+    return [png_bytes(sample.image) for sample in generate(count, seed=seed)]
+
+
 def classify_calls(images: Sequence[bytes], count: int, labels: Sequence[str] = SHAPE_LABELS) -> list[Call]:
     """``count`` multipart classify requests cycling through ``images``, with one label set."""
     return [Call("POST", "/v1/classify", "classify",
@@ -206,7 +213,7 @@ def mixed_calls(images: Sequence[bytes], count: int, *, seed: int = 0, search: b
         lambda: Call("POST", "/v1/classify", "missing-labels", {"files": {"image": ("m.png", images[pick()], "image/png")}}),
     ]
     if search:
-        makers.append(lambda: Call("POST", "/v1/search", "search", {"json": {"query": rng.choice(SHAPE_LABELS), "k": 5}}))
+        makers.append(lambda: Call("POST", "/v1/search", "search", {"json": {"query": rng.choice(SHAPE_LABELS), "top": 5}}))
     if broken:
         makers.append(lambda: Call("POST", "/v1/classify", "broken-image",
                                    {"files": {"image": ("b.jpg", rng.choice(list(broken)), "image/jpeg")},

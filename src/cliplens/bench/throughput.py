@@ -77,7 +77,7 @@ def _alternate(rounds: int, runs: dict[str, Callable[[], object]]) -> dict[str, 
 def image_throughput(paths: Sequence[Path], model: str, model_dir: Path, *, rounds: int = 2,
                      backend: str | None = None, precision: str | None = None) -> Throughput:
     """End-to-end images/s of ``cliplens.embed_images`` (default settings) and of :class:`ReferenceLoop`."""
-    from ..embed import embed_images
+    from ..vectors.batches import embed_images
     from ..models import load_model
 
     encoder = load_model(str(model_dir), backend=backend, precision=precision, cache=False)
@@ -94,7 +94,7 @@ def image_throughput(paths: Sequence[Path], model: str, model_dir: Path, *, roun
 def text_throughput(texts: Sequence[str], model: str, model_dir: Path, *, rounds: int = 2,
                     backend: str | None = None, precision: str | None = None) -> Throughput:
     """Texts/s of ``cliplens.embed_texts`` and of :class:`ReferenceLoop` on the same texts."""
-    from ..embed import embed_texts
+    from ..vectors.batches import embed_texts
     from ..models import load_model
 
     encoder = load_model(str(model_dir), backend=backend, precision=precision, cache=False)

@@ -194,9 +194,9 @@ def error_message(exc: CliplensError, names: dict[str, tuple[str, bool]] | None 
     else:
         message = exc.describe(named=False)
     if exc.remedy and exc.remedy in (names or {}):
-        message += f" ({(names or {})[exc.remedy][0]})"
+        message += f" (pass {(names or {})[exc.remedy][0]})"
     elif exc.remedy in REMEDIES_ELSEWHERE:
-        message += f" ({REMEDIES_ELSEWHERE[exc.remedy]})"
+        message += f" (run {REMEDIES_ELSEWHERE[exc.remedy]})"
     return message
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UsageError
+from ..models import Encoder, load_model
 from .indexer import IndexRun, index_folders
 from .photos import DuplicateGroup, PhotoIndex, QueryTerm, SearchHit, SearchResult, parse_query
 from .store import IndexStore, ModelMismatchError, default_index_dir
 from .sync import writer_lock
+from .transfer import export_embeddings, import_embeddings
 
 
 def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None = None, model: str | None = None, *,
@@ -27,16 +29,16 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
     """
     from filelock import Timeout
 
-    from ..models import load_model
-
+    if engine not in ("local", "ray"):
+        raise UsageError("choose local or ray", value=str(engine), parameter="engine")
     store = IndexStore(index, create=True)
     lock = writer_lock(store)
     try:
         lock.acquire()
     except Timeout:
         store.close()
-        raise UsageError(f"{store.folder}: another `cliplens index` run is updating this index; wait for it "
-                         "to finish (searching works meanwhile)") from None
+        raise UsageError("another `cliplens index` run is updating this index; wait for it "
+                         "to finish (searching works meanwhile)", value=str(store.folder), parameter="index") from None
     try:
         name = model or (store.model.name if store.model else None)
         encoder = load_model(name, device=device, backend=backend, precision=precision, on_status=on_status)
@@ -52,9 +54,7 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
             encode_batches = partial(ray_batches, model=str(encoder.info.path), shard_dir=shards, address=address,
                                      batch_size=batch_size or 32, backend=encoder.info.backend if cpu else backend,
                                      precision=encoder.info.precision if cpu else precision, on_status=on_status,
-                                     preprocessor=encoder.preprocessor)
-        elif engine != "local":
-            raise UsageError(f"engine {engine!r}: choose local or ray")
+                                     preparer=encoder.preparer)
         return index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,
                              workers=workers, on_progress=on_progress, encode_batches=encode_batches)
     finally:
@@ -63,17 +63,48 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
 
 
 def search(query: str | None = None, index: str | Path | None = None, *, image: str | Path | None = None,
-           add: Sequence[str] = (), subtract: Sequence[str] = (), k: int = 10, threshold: float | None = None,
+           add: Sequence[str] = (), subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
            model: str | None = None) -> SearchResult:
     """One search of the index (open a :class:`PhotoIndex` to run many)."""
     photos = PhotoIndex(index, model)
     try:
-        return photos.search(query, image=image, add=add, subtract=subtract, k=k, threshold=threshold)
+        return photos.search(query, image=image, add=add, subtract=subtract, top=top, threshold=threshold)
     finally:
         photos.close()
 
 
+def index_errors(index: str | Path | None = None) -> list[tuple[str, str]]:
+    """(path, reason) of every file the index could not take."""
+    store = IndexStore(index)
+    try:
+        return store.errors()
+    finally:
+        store.close()
+
+
+def export_index(index: str | Path | None, out: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write the index's vectors to ``out`` in clip-retrieval's layout; returns the files written."""
+    store = IndexStore(index)
+    try:
+        return export_embeddings(store, out, overwrite=overwrite)
+    finally:
+        store.close()
+
+
+def import_index(index: str | Path | None, source: str | Path, model: Encoder | str | None = None) -> int:
+    """Add the vectors in ``source`` (clip-retrieval layout, made by ``model``; by default the index's own or the
+    default model) to the index, creating it if needed; returns how many were added."""
+    store = IndexStore(index, create=True)
+    try:
+        encoder = model if isinstance(model, Encoder) else load_model(
+            model or (store.model.name if store.model else None))
+        return import_embeddings(store, source, encoder)
+    finally:
+        store.close()
+
+
 __all__ = [
     "DuplicateGroup", "IndexRun", "IndexStore", "ModelMismatchError", "PhotoIndex", "QueryTerm", "SearchHit",
-    "SearchResult", "default_index_dir", "index_folders", "parse_query", "search", "update_index",
+    "SearchResult", "default_index_dir", "export_index", "import_index", "index_errors", "index_folders",
+    "parse_query", "search", "update_index",
 ]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..cache import model_content_hash
-from ..embed import default_workers, prefetch_batches
 from ..errors import ImageLoadError, UsageError
-from ..images import expand_paths, load_image
+from ..inputs.images import expand_paths, load_image
 from ..models import Encoder
+from ..models.keys import checkpoint_key
+from ..vectors.batches import default_workers, prefetch_batches
 from .store import IndexStore, NewRow
 from .sync import sync_vector_index
 
@@ -80,7 +80,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     ``error`` set, and every other file gets its vector.
     """
     start = time.perf_counter()
-    fingerprint = model_content_hash(encoder.info.path)
+    fingerprint = checkpoint_key(encoder.info.path)
     if reindex and store.model is not None and store.model.fingerprint != fingerprint:
         store.reset()
     store.check_model(encoder.name, fingerprint, action="update it")
@@ -90,7 +90,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     roots = [Path(f).expanduser().resolve() for f in folders]
     for root in roots:
         if not root.is_dir():
-            raise UsageError(f"{root}: not a folder (cliplens index takes folders of images)")
+            raise UsageError("not a folder (an index is built from folders of images)", value=str(root), parameter="folders")
     paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude)]
     run = IndexRun(str(store.folder), encoder.name, files=len(paths))
     known = store.rows()

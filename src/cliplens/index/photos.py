@@ -2,7 +2,9 @@
 
 A query is one or more terms, each a text or an image, added or subtracted
 (``"horse" + "stripes" - "brown"``): the sum of their normalised embeddings, normalised again, as
-rclip and the CLIP retrieval demos do. Scores are cosine similarities.
+rclip and the CLIP retrieval demos do. A hit's ``similarity`` is its cosine with that query; its
+``score`` (what results are ranked by) is the same cosine, or with re-ranking the margin over the
+image's best reference caption (see :meth:`PhotoIndex.search`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..images import IMAGE_EXTENSIONS
-from ..models import Encoder, l2_normalize
-from ..reference import reference_best, reranking_vocabulary
+from ..inputs.images import IMAGE_EXTENSIONS
+from ..models import Encoder, l2_normalize, load_model, resolve_model_dir
+from ..models.keys import checkpoint_key
+from ..text.reference import reference_best, reranking_vocabulary
 from .store import IndexStore
 from .sync import sync_vector_index, writer_lock
 
@@ -32,18 +35,28 @@ class QueryTerm:
 
 @dataclass
 class SearchHit:
+    """One result: ``score`` ranks it (see :class:`SearchResult`), ``similarity`` is its cosine with the query."""
+
     path: str
     score: float
     id: int | None = None  # the file's id in the index (the service names thumbnails by it, never by path)
+    similarity: float | None = None
 
 
 @dataclass
 class SearchResult:
+    """Hits best first; ``score_kind`` is ``similarity`` (scores are cosines with the query) or ``margin``
+    (re-ranked: each cosine less the image's best cosine with a reference caption)."""
+
     query: str
     hits: list[SearchHit] = field(default_factory=list)
+    score_kind: str = "similarity"
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "results": [{"path": h.path, "score": h.score} for h in self.hits]}
+        """The JSON form (``--json``; the HTTP API adds each hit's thumbnail URL)."""
+        return {"query": self.query, "score_kind": self.score_kind,
+                "results": [{"path": h.path, "id": h.id, "score": h.score, "similarity": h.similarity}
+                            for h in self.hits]}
 
 
 @dataclass
@@ -76,47 +89,51 @@ def parse_query(query: str, *, files: bool = True) -> list[QueryTerm]:
     """
     query = query.strip()
     if not query:
-        raise UsageError("empty query: give text, an image (--image), or terms to add")
+        raise UsageError("empty query: give text, an example image, or terms to add", parameter="query")
     if '"' in query or "'" in query:
         try:
             tokens = shlex.split(query)
         except ValueError as exc:
-            raise UsageError(f"query {query!r}: {exc}") from None
+            raise UsageError(f"{exc}", value=repr(query), parameter="query") from None
     else:
         tokens = [t for t in _OPERATOR.split(query) if t]
     terms, sign, expect_term = [], 1, True
     for token in tokens:
         if token in "+-" and token:
             if expect_term and terms:
-                raise UsageError(f"query {query!r}: two operators in a row")
+                raise UsageError("two operators in a row", value=repr(query), parameter="query")
             sign, expect_term = (1 if token == "+" else -1), True
             continue
         if not expect_term:
-            raise UsageError(f"query {query!r}: put + or - between terms (quote multi-word terms)")
+            raise UsageError("put + or - between terms (quote multi-word terms)", value=repr(query), parameter="query")
         terms.append(_term(token, sign, files))
         sign, expect_term = 1, False
     if expect_term:
-        raise UsageError(f"query {query!r}: ends with an operator")
+        raise UsageError("ends with an operator", value=repr(query), parameter="query")
     return terms
 
 
 class PhotoIndex:
-    """An index opened for searching (and for finding duplicates)."""
+    """An index opened for searching (and for finding duplicates).
 
-    def __init__(self, index: str | Path | None = None, model: str | None = None, *, device: str | None = None,
-                 backend: str | None = None, precision: str | None = None):
+    ``model``: the index's own model by default (loaded on first use); a name or folder, or a loaded
+    :class:`~cliplens.Encoder`, must be the model the index was built with (any copy of it).
+    """
+
+    def __init__(self, index: str | Path | None = None, model: Encoder | str | None = None, *,
+                 device: str | None = None, backend: str | None = None, precision: str | None = None):
         self.store = IndexStore(index)
         bound = self.store.model
         if bound is None or self.store.count() == 0:
-            raise UsageError(f"{self.store.folder}: the index is empty; add images with `cliplens index DIR`")
+            raise UsageError("the index is empty; add images with `cliplens index DIR`",
+                             value=str(self.store.folder), parameter="index")
         self.bound = bound
         self._model_request = (model, device, backend, precision)
         self._encoder: Encoder | None = None
-        if model is not None:
-            from ..cache import model_content_hash
-            from ..models import resolve_model_dir
-
-            self.store.check_model(model, model_content_hash(resolve_model_dir(model)), action="search it")
+        if isinstance(model, Encoder):
+            self.use_encoder(model)
+        elif model is not None:
+            self.store.check_model(model, checkpoint_key(resolve_model_dir(model)), action="search it")
         from filelock import Timeout
 
         lock = writer_lock(self.store)
@@ -131,12 +148,24 @@ class PhotoIndex:
             if saving:
                 lock.release()
 
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Search with this loaded model (one copy in memory), which must be the index's own (any copy of it)."""
+        self.store.check_model(encoder.name, checkpoint_key(encoder.info.path), action="search it")
+        self._encoder = encoder
+
+    @property
+    def model_name(self) -> str:
+        """The name (or folder) of the model the index was built with."""
+        return self.bound.name
+
+    def path_of(self, file_id: int) -> str | None:
+        """The path of the indexed file with this id (as search hits name it), or None."""
+        return self.store.paths([file_id]).get(file_id)
+
     @property
     def encoder(self) -> Encoder:
         """The index's model, loaded on first use (finding duplicates needs none)."""
         if self._encoder is None:
-            from ..models import load_model
-
             model, device, backend, precision = self._model_request
             self._encoder = load_model(model or self.bound.name, device=device, backend=backend, precision=precision)
         return self._encoder
@@ -147,7 +176,7 @@ class PhotoIndex:
     def query_vector(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The normalised signed sum of the terms' embeddings."""
         if not terms:
-            raise UsageError("empty query: give text, an image (--image), or terms to add")
+            raise UsageError("empty query: give text, an example image, or terms to add", parameter="query")
         texts = [t for t in terms if not t.is_image]
         images = [t for t in terms if t.is_image]
         total = np.zeros(self.bound.dim, np.float32)
@@ -156,59 +185,73 @@ class PhotoIndex:
         if images:
             total += np.sum(self.encoder.encode_images([t.text for t in images]) * [[t.sign] for t in images], axis=0)
         if not np.any(total):
-            raise UsageError("the query's terms cancel out")
+            raise UsageError("the query's terms cancel out", parameter="query")
         return l2_normalize(total[None])[0]
 
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
-               subtract: Sequence[str] = (), k: int = 10, threshold: float | None = None,
-               rerank: bool | None = None, files: bool = True) -> SearchResult:
-        """The ``k`` files best matching the query (those scoring at least ``threshold``), best first.
+               subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
+               rerank: bool | None = None, files: bool = True, image_vector: np.ndarray | None = None
+               ) -> SearchResult:
+        """The ``top`` files best matching the query (those scoring at least ``threshold``), best first.
 
-        Scores are cosine similarities. With re-ranking (``rerank``; see
-        :func:`cliplens.reference.reranking_vocabulary`, on by default for models that ship a calibration) the
-        best candidates by cosine of a text query are ordered by how much better the query fits each image
-        than the image's best reference caption does; the score is then that difference (0: the query
-        fits as well as the image's own best description). With ``files`` False no term is read as a file.
+        The query is the normalised sum of its terms: ``query`` (text, or arithmetic on terms), an example
+        ``image`` file, ``add`` and ``subtract`` terms, and ``image_vector``, an example image already
+        embedded. With re-ranking (``rerank``; see :func:`cliplens.text.reference.reranking_vocabulary`, on by
+        default for models that ship a calibration) the best candidates of a text query are ordered by how much
+        better the query fits each image than the image's best reference caption does, and the score is that
+        margin (0: the query fits as well as the image's own best description). With ``files`` False no term
+        is read as a file (queries from clients that must never name the server's files).
         """
         terms = parse_query(query, files=files) if query else []
         if image is not None:
             if not Path(image).is_file():
-                raise UsageError(f"--image {image}: no such file")
+                raise UsageError("no such file", value=str(image), parameter="image")
             terms.append(QueryTerm(str(image), 1, True))
         terms += [_term(t, 1, files) for t in add] + [_term(t, -1, files) for t in subtract]
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
-        text_only = not any(t.is_image for t in terms)  # an example image needs no re-ranking
-        return self.search_vector(self.query_vector(terms), shown.strip(), k=k, threshold=threshold,
+        if image_vector is None:
+            vector = self.query_vector(terms)
+        else:  # an example image with optional text terms
+            total = np.asarray(image_vector, np.float32).reshape(-1)
+            if terms:
+                total = total + self.query_vector(terms)
+            if not np.any(total):
+                raise UsageError("the query's terms cancel out", parameter="query")
+            vector = l2_normalize(total[None])[0]
+        text_only = image_vector is None and not any(t.is_image for t in terms)  # example images: no re-ranking
+        return self.search_vector(vector, shown.strip(), top=top, threshold=threshold,
                                   rerank=rerank if text_only else False)
 
-    def search_vector(self, vector: np.ndarray, shown: str = "", *, k: int = 10, threshold: float | None = None,
+    def search_vector(self, vector: np.ndarray, shown: str = "", *, top: int = 10, threshold: float | None = None,
                       rerank: bool | None = None) -> SearchResult:
-        """The ``k`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
+        """The ``top`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
         explains unless ``rerank`` is False (as it should be for image queries)."""
-        if k < 1:
-            raise UsageError(f"-k {k}: must be at least 1")
+        if top < 1:
+            raise UsageError(f"must be at least 1 (got {top})", parameter="top")
         reference = reranking_vocabulary(self.encoder, rerank)
-        pool = k if reference is None else max(10 * k, RERANK_POOL)
+        pool = top if reference is None else max(10 * top, RERANK_POOL)
         scores, ids = self.vectors.search(vector[None], min(pool, len(self.vectors)))
         scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+        similarities = scores
         if reference is not None and len(ids):
             found, candidates = self.store.vectors(ids)
             best = dict(zip(found.tolist(), reference_best(candidates, reference)))
             keep = np.array([int(i) in best for i in ids])
-            scores, ids = scores[keep], ids[keep]
-            scores = scores - np.array([best[int(i)] for i in ids], np.float32)
-            order = np.argsort(-scores, kind="stable")[:k]
-            scores, ids = scores[order], ids[order]
+            similarities, ids = similarities[keep], ids[keep]
+            scores = similarities - np.array([best[int(i)] for i in ids], np.float32)
+            order = np.argsort(-scores, kind="stable")[:top]
+            scores, ids, similarities = scores[order], ids[order], similarities[order]
         paths = self.store.paths(ids)
-        hits = [SearchHit(paths[int(i)], float(s), int(i)) for s, i in zip(scores[:k], ids[:k])
+        hits = [SearchHit(paths[int(i)], float(s), int(i), float(c))
+                for s, i, c in zip(scores[:top], ids[:top], similarities[:top])
                 if int(i) in paths and (threshold is None or float(s) >= threshold)]
-        return SearchResult(shown, hits)
+        return SearchResult(shown, hits, "similarity" if reference is None else "margin")
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicates: files linked by similarity ≥ ``threshold`` (each to a nearest neighbour)."""
         if not 0 < threshold <= 1:
-            raise UsageError(f"--threshold {threshold}: must be in (0, 1]")
+            raise UsageError(f"must be in (0, 1] (got {threshold})", parameter="threshold")
         ids, vectors = self.store.vectors()
         if len(ids) < 2:
             return []

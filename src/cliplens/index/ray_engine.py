@@ -1,7 +1,7 @@
 """The Ray engine of ``cliplens index``: decoding and encoding as a Ray Data pipeline.
 
 Hashing stays in the calling process, so a file whose content the index already knows never leaves
-it. Everything else becomes a Ray Data pipeline: paths → decode and preprocess (Ray tasks) → encode
+it. Everything else becomes a Ray Data pipeline: paths → decode and prepare, as ``Encoder.prepare`` does (Ray tasks) → encode
 (a fixed pool of actors, each loading the model once) → parquet shards (``path``, ``vector``,
 ``width``, ``height``, ``error``) under ``shard_dir``, which are then read back and handed to the
 indexer in batches. Without an address a small local Ray starts for the run and stops after it;
@@ -27,11 +27,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CliplensError, ImageLoadError, UsageError
-from ..images import load_image
-from ..models.preprocess import ImagePreprocessor
+from PIL import Image
 
-RAY_MISSING = "--engine ray needs Ray: pip install 'cliplens[ray]'"
+from ..errors import CliplensError, ImageLoadError, UsageError
+from ..inputs.images import load_image
+from ..models import ImagePreparer, load_model, resolve_model_dir
+
+RAY_MISSING = "the Ray engine needs Ray: pip install 'cliplens[ray]'"
 LOCAL_CPUS = 2
 LOCAL_OBJECT_STORE = 500 * 1024**2  # bytes, for a Ray started here
 ROWS_PER_SHARD = 4096
@@ -50,22 +52,42 @@ def _shard_schema():
 # --- the pipeline's stages (run in Ray workers) ------------------------------------------------------
 
 
-def decode_batch(batch: dict, *, preprocessor: ImagePreprocessor) -> dict:
-    """Ray task: load and resize-crop each image (``Encoder.prepare``); a bad one gets its reason in ``error``."""
+PREPARED = "prepared"  # the column (or column prefix, for items that are dicts of arrays) of prepared images
+
+
+def _columns(items: list) -> dict[str, np.ndarray]:
+    """Prepared items (``Encoder.prepare``'s arrays, or dicts of arrays) as columns of one array per key."""
+    if isinstance(items[0], dict):
+        return {f"{PREPARED}.{key}": np.stack([np.asarray(item[key]) for item in items]) for key in items[0]}
+    return {PREPARED: np.stack([np.asarray(item) for item in items])}
+
+
+def _item(batch: dict, row: int):
+    """Row ``row`` of the prepared columns, as the item ``Encoder.prepare`` made."""
+    if PREPARED in batch:
+        return batch[PREPARED][row]
+    prefix = PREPARED + "."
+    return {key[len(prefix):]: batch[key][row] for key in batch if key.startswith(prefix)}
+
+
+def decode_batch(batch: dict, *, preparer: ImagePreparer) -> dict:
+    """Ray task: load and prepare each image exactly as ``Encoder.prepare`` does (the encoder's own
+    ``preparer``); a bad one gets its reason in ``error`` and a blank image's item as a placeholder."""
     paths = [str(p) for p in batch["path"]]
-    height, width = preprocessor.output_size
-    pixels = np.zeros((len(paths), height, width, 3), np.uint8)
-    widths = np.zeros(len(paths), np.int32)
-    heights = np.zeros(len(paths), np.int32)
+    items, widths, heights = [], np.zeros(len(paths), np.int32), np.zeros(len(paths), np.int32)
     errors = [""] * len(paths)  # "" = decoded
     for i, path in enumerate(paths):
         try:
-            image = load_image(path, draft_size=preprocessor.draft_size)
-            pixels[i] = preprocessor.resize_crop(image)
+            image = load_image(path, draft_size=preparer.draft_size)
+            items.append(preparer.prepare(image))
             widths[i], heights[i] = image.size
         except ImageLoadError as exc:
             errors[i] = exc.reason or "could not be decoded"
-    return {"path": np.array(paths, dtype=object), "pixels": pixels, "width": widths, "height": heights,
+            items.append(None)
+    if any(item is None for item in items):
+        blank = preparer.prepare(Image.new("RGB", (64, 64), "white"))
+        items = [blank if item is None else item for item in items]
+    return {"path": np.array(paths, dtype=object), **_columns(items), "width": widths, "height": heights,
             "error": np.array(errors, dtype=object)}
 
 
@@ -73,8 +95,6 @@ class EncodeActor:
     """Ray actor: loads the model once, then turns decoded batches into shard rows."""
 
     def __init__(self, model: str, backend: str | None = None, precision: str | None = None):
-        from ..models import load_model
-
         self.encoder = None
         try:
             self.encoder = load_model(model, backend=backend, precision=precision, cache=False)
@@ -91,7 +111,7 @@ class EncodeActor:
         fresh = [i for i, e in enumerate(errors) if not e]
         vectors: list = [None] * len(errors)
         if fresh:
-            encoded = self.encoder.encode_prepared([batch["pixels"][i] for i in fresh])
+            encoded = self.encoder.encode_prepared([_item(batch, i) for i in fresh])
             for i, vector in zip(fresh, np.asarray(encoded, np.float32)):
                 vectors[i] = vector
         ok = [not e for e in errors]
@@ -110,7 +130,7 @@ class EncodeActor:
 def ray_batches(todo: Sequence, hash_only: Callable, known: dict, by_hash: dict, *, model: str, shard_dir: Path,
                 address: str | None = None, batch_size: int = 32, actors: int = 1, backend: str | None = None,
                 precision: str | None = None, on_status: StatusFn | None = None, gpus_per_actor: float = 0,
-                preprocessor: ImagePreprocessor | None = None) -> Iterator[tuple[list, list]]:
+                preparer: ImagePreparer) -> Iterator[tuple[list, list]]:
     """``(files, vectors)`` batches covering ``todo`` once each, for :func:`index_folders`'s ``encode_batches``.
 
     ``hash_only(i)`` hashes ``todo[i]`` here; a file whose content is known (by path and hash, or by
@@ -118,7 +138,7 @@ def ray_batches(todo: Sequence, hash_only: Callable, known: dict, by_hash: dict,
     ``actors`` model actors (each with ``gpus_per_actor`` GPUs) load ``model`` (a model folder or an
     alias, loadable in another process) with ``backend`` and ``precision``; their results land as
     parquet shards in a folder of their own under ``shard_dir`` (one per run) and come back from
-    there. ``preprocessor`` defaults to the model folder's (what ``Encoder.prepare`` uses).
+    there. ``preparer`` is the encoder's own (``Encoder.preparer``), so images are prepared as locally.
     """
     status = on_status or (lambda message: None)
     batch_size = max(1, int(batch_size))
@@ -138,19 +158,15 @@ def ray_batches(todo: Sequence, hash_only: Callable, known: dict, by_hash: dict,
         yield ready, [None] * len(ready)
     if not fresh:
         return
-    from ..models import resolve_model_dir
-
-    folder = resolve_model_dir(model, allow_download=False)  # a model the actors cannot load fails here, early
-    if preprocessor is None:
-        preprocessor = ImagePreprocessor.from_pretrained(folder)
+    resolve_model_dir(model, allow_download=False)  # a model the actors cannot load fails here, early
     run_dir = Path(shard_dir).expanduser().resolve() / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    _run_pipeline([seen.path for seen in fresh], run_dir, model=model, preprocessor=preprocessor, address=address,
+    _run_pipeline([seen.path for seen in fresh], run_dir, model=model, preparer=preparer, address=address,
                   batch_size=batch_size, actors=actors, backend=backend, precision=precision,
                   gpus_per_actor=gpus_per_actor, status=status)
     yield from _read_shards(run_dir, fresh, batch_size)
 
 
-def _run_pipeline(paths: list[str], run_dir: Path, *, model: str, preprocessor: ImagePreprocessor,
+def _run_pipeline(paths: list[str], run_dir: Path, *, model: str, preparer: ImagePreparer,
                   address: str | None, batch_size: int, actors: int, backend: str | None, precision: str | None,
                   gpus_per_actor: float, status: StatusFn) -> None:
     """Decode, encode and write ``paths`` as parquet shards in ``run_dir``, on a Ray it starts or joins."""
@@ -158,7 +174,7 @@ def _run_pipeline(paths: list[str], run_dir: Path, *, model: str, preprocessor: 
         import ray
         import ray.data
     except ImportError:
-        raise UsageError(RAY_MISSING) from None
+        raise UsageError(RAY_MISSING, parameter="engine") from None
     actors = max(1, int(actors))
     local = address is None and not ray.is_initialized()
     started = not ray.is_initialized()
@@ -189,7 +205,7 @@ def _run_pipeline(paths: list[str], run_dir: Path, *, model: str, preprocessor: 
         else:  # Ray before 2.10
             dataset = ray.data.from_items(items, parallelism=blocks)
         dataset = dataset.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
-                                      fn_kwargs={"preprocessor": preprocessor}, num_cpus=TASK_CPUS)
+                                      fn_kwargs={"preparer": preparer}, num_cpus=TASK_CPUS)
         with warnings.catch_warnings():  # Ray 2.60 deprecates extra remote args such as max_restarts
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(EncodeActor, batch_size=batch_size, batch_format="numpy",
@@ -227,7 +243,7 @@ def _init_ray(ray, address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if local:
             raise
-        raise UsageError(f"--address {address}: could not join the Ray cluster ({exc})") from None
+        raise UsageError(f"could not join the Ray cluster ({exc})", value=str(address), parameter="address") from None
 
 
 def _pipeline_failure(exc: BaseException) -> CliplensError | None:

@@ -102,7 +102,8 @@ class IndexStore:
         self.db_path = self.folder / DB_FILE
         if not self.db_path.exists():
             if not create:
-                raise UsageError(f"{self.folder}: no index here; build one with `cliplens index DIR --index {self.folder}`")
+                raise UsageError("no index here; build one with `cliplens index DIR`",
+                                 value=str(self.folder), parameter="index")
             self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -113,7 +114,7 @@ class IndexStore:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{self.db_path}: not a readable cliplens index ({exc})") from None
+            raise UsageError(f"not a readable cliplens index ({exc})", value=str(self.db_path), parameter="index") from None
 
     # --- meta --------------------------------------------------------------------------------------
 
@@ -149,9 +150,8 @@ class IndexStore:
         if bound is None or bound.fingerprint == fingerprint:
             return
         raise ModelMismatchError(
-            f"{self.folder}: this index holds vectors of model {bound.name!r}, not {name!r}; {action} with "
-            f"--model {bound.name}, or rebuild it for {name} with `cliplens index DIR --index {self.folder} "
-            f"--model {name} --reindex`")
+            f"the index {self.folder} holds vectors of model {bound.name!r}; {action} with that model, or rebuild "
+            "the index for this one (every image is encoded again)", parameter="model", value=name, remedy="reindex")
 
     # --- reading -----------------------------------------------------------------------------------
 

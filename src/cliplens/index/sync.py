@@ -10,11 +10,11 @@ or when its files are missing or damaged.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_json
 from .store import IndexStore
 from .vectors import VectorIndex, choose_spec
 
@@ -72,7 +72,6 @@ def sync_vector_index(store: IndexStore, *, save: bool = True) -> VectorIndex:
                 index.add(vectors, ids)
     if save and changed:
         index.save(store.folder / VECTORS_FILE)
-        tmp = store.folder / f"{STATE_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"generation": generation, "spec": index.spec, "count": len(index)}) + "\n")
-        tmp.replace(store.folder / STATE_FILE)
+        atomic_write_json(store.folder / STATE_FILE, {"generation": generation, "spec": index.spec,
+                                                      "count": len(index)}, indent=None)
     return index

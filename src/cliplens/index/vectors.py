@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UsageError
+from ..files import atomic_path, atomic_write_json
 
 EXACT_BELOW = 100_000  # below this many vectors exact search is fast enough (≈ 20 ms a query at 100k × 512)
 TARGET_RECALL = 0.95  # recall@10 against exact search that tuning guarantees on its sample ...
@@ -186,7 +187,7 @@ def choose_spec(n: int, dim: int, *, memory_budget_mb: float | None = None, exac
             return spec
     smallest = estimate_bytes(specs[-1], n, dim) / 2**20
     raise UsageError(f"a memory budget of {memory_budget_mb:g} MB cannot hold {n} vectors of {dim} dimensions "
-                     f"(the smallest index needs {smallest:.0f} MB)")
+                     f"(the smallest index needs {smallest:.0f} MB)", parameter="memory_budget_mb")
 
 
 def _as_vectors(vectors, dim: int, what: str) -> np.ndarray:
@@ -562,16 +563,12 @@ class VectorIndex:
         faiss = _require_faiss()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        meta = {"format": 1, "spec": self._spec, "dim": self._dim, "params": self.params, "recall": self.recall,
-                "built_for": self.built_for, "stored": int(self._index.ntotal), "faiss_bytes": tmp.stat().st_size,
-                "tombstones": self._dead.tolist(), "info": self.info}
-        meta_path = self._meta_path(path)
-        meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        meta_tmp.write_text(json.dumps(meta) + "\n")
-        tmp.replace(path)
-        meta_tmp.replace(meta_path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
+            meta = {"format": 1, "spec": self._spec, "dim": self._dim, "params": self.params, "recall": self.recall,
+                    "built_for": self.built_for, "stored": int(self._index.ntotal), "faiss_bytes": tmp.stat().st_size,
+                    "tombstones": self._dead.tolist(), "info": self.info}
+        atomic_write_json(self._meta_path(path), meta, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VectorIndex:

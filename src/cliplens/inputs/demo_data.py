@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..files import atomic_write
+
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "cross": "crosses"}
 COLOURS = {
@@ -313,8 +315,7 @@ def write_demo_data(
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     pairs = out / "pairs.csv"
-    tmp = pairs.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_write(pairs, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PAIRS_FIELDS)
         writer.writeheader()
         for i, sample in enumerate(generate(n, seed, size, mixed, words)):
@@ -326,5 +327,4 @@ def write_demo_data(
             writer.writerow(row)
             if on_progress is not None:
                 on_progress(i + 1)
-    tmp.replace(pairs)
     return pairs

@@ -6,12 +6,13 @@ import os
 import threading
 import warnings
 
+from pathlib import Path
+
 from .backend import BACKENDS, PRECISIONS, BackendNote, RuntimeChoice, choose_runtime, default_backend, default_precision
-from .base import Encoder, ModelInfo, TextTruncatedWarning, l2_normalize
-from .export import StatusFn
+from .base import Encoder, ModelInfo, StatusFn, TextTruncatedWarning, empty_vectors, l2_normalize
 from .hf import TransformersEncoder, pick_device
-from .preprocess import ImagePreprocessor
-from .registry import ALIASES, DEFAULT_MODEL, DEMO_DIR, default_model, list_models, resolve_model_dir
+from .preprocess import ImagePreparer, ImagePreprocessor
+from .registry import ALIASES, DEFAULT_MODEL, DEMO_DIR, ModelEntry, default_model, download, list_models, resolve_model_dir
 
 _loaded: dict[tuple, Encoder] = {}
 _lock = threading.Lock()
@@ -47,9 +48,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | None
 
 def _load_onnx(path, name: str, choice: RuntimeChoice, *, auto: bool, on_status: StatusFn | None) -> Encoder:
     """The ONNX encoder for ``choice``; under ``auto``, torch when the export fails or does not match it."""
-    from ..parity import parity_passed
-    from .export import ExportError, ensure_export
+    from .export import ensure_export
     from .onnx import OnnxEncoder
+    from .onnx_layout import ExportError
+    from .parity import parity_passed
 
     wanted = "int8" if choice.precision == "auto" else choice.precision
     try:
@@ -77,6 +79,14 @@ def as_encoder(model: Encoder | str | os.PathLike | None, device: str | None = N
     return model if isinstance(model, Encoder) else load_model(model, device=device)
 
 
+def pull_model(name: str) -> Path:
+    """Download a hub model (or an alias's) into the Hugging Face cache and check that it loads; its folder."""
+    target = ALIASES.get(name, name)
+    path = Path(target) if Path(target).is_dir() else download(target)
+    load_model(str(path), device="cpu", backend="torch", cache=False).close()  # proves it loads
+    return path
+
+
 def release_models() -> None:
     """Forget every model ``load_model`` kept, so their memory can be freed."""
     with _lock:
@@ -86,7 +96,8 @@ def release_models() -> None:
 
 
 __all__ = [
-    "BACKENDS", "PRECISIONS", "BackendNote", "ALIASES", "DEFAULT_MODEL", "DEMO_DIR", "Encoder", "as_encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning",
-    "TransformersEncoder", "default_model", "pick_device", "l2_normalize", "list_models", "load_model", "release_models",
-    "resolve_model_dir",
+    "ALIASES", "BACKENDS", "DEFAULT_MODEL", "DEMO_DIR", "PRECISIONS", "BackendNote", "Encoder", "ImagePreparer",
+    "ImagePreprocessor", "ModelEntry", "ModelInfo", "StatusFn", "TextTruncatedWarning", "TransformersEncoder",
+    "as_encoder", "default_model", "empty_vectors", "l2_normalize", "list_models", "load_model", "pick_device",
+    "pull_model", "release_models", "resolve_model_dir",
 ]

@@ -68,13 +68,14 @@ def choose_runtime(model_dir: Path, device: str | None, backend: str | None, pre
     backend = backend or default_backend()
     precision = precision or default_precision()
     if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
+        raise UsageError(f"choose from {', '.join(BACKENDS)}", value=backend, parameter="backend")
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+        raise UsageError(f"choose from {', '.join(PRECISIONS)}", value=precision, parameter="precision")
     if backend == "torch" and precision in ONNX_ONLY:
-        raise UsageError(f"--precision {precision} runs on ONNX Runtime; use --backend onnx or auto")
+        raise UsageError("runs on ONNX Runtime; use the onnx or auto backend", value=precision, parameter="precision")
     if backend == "onnx" and precision in TORCH_ONLY:
-        raise UsageError(f"--precision {precision} runs on the torch backend; ONNX Runtime here runs fp32 and int8")
+        raise UsageError("runs on the torch backend; ONNX Runtime here runs fp32 and int8", value=precision,
+                         parameter="precision")
     if device is None and backend == "onnx":
         device = "cpu"
     if device is None:
@@ -82,9 +83,9 @@ def choose_runtime(model_dir: Path, device: str | None, backend: str | None, pre
     if backend == "auto":
         backend = _auto_backend(model_dir, device, precision, onnxruntime_available())
     if backend == "onnx" and not onnxruntime_available():
-        raise UsageError("--backend onnx needs onnxruntime: pip install 'cliplens[onnx]'")
+        raise UsageError("needs onnxruntime: pip install 'cliplens[onnx]'", value="onnx", parameter="backend")
     if backend == "onnx" and (reason := needs_torch(model_dir)):
-        raise UsageError(f"--backend onnx: {reason}; use --backend torch")
+        raise UsageError(f"{reason}; use the torch backend", value="onnx", parameter="backend")
     if backend == "torch" and precision == "auto":
         precision = "fp16" if device.startswith("cuda") else "fp32"
     return RuntimeChoice(backend, precision, device)

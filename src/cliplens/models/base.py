@@ -5,15 +5,17 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..images import ImageSource, load_image
-from .preprocess import ImagePreprocessor
+from ..errors import UsageError
+from ..inputs.images import ImageSource, load_image
+from .preprocess import ImagePreparer, ImagePreprocessor
 
 ScoreKind = Literal["softmax", "sigmoid"]
+StatusFn = Callable[[str], None]  # hears each step of slow one-off work (an ONNX export)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,12 @@ def empty_vectors(dim: int) -> np.ndarray:
 class Encoder(ABC):
     """A CLIP-family model: images and texts in, L2-normalised float32 vectors (N, D) out.
 
-    Subclasses implement :meth:`encode_pixel_batch` and :meth:`encode_text_batch`; this base does
-    loading, batching and normalisation, so another runtime slots in with two methods.
+    Subclasses implement :meth:`encode_pixel_batch`, :meth:`encode_text_batch` and :meth:`token_ids`; this
+    base does loading, batching and normalisation, so another runtime slots in with three methods.
+
+    What an encoder can do is said by its properties, so callers never look inside it:
+    :attr:`preparer` (the per-image step that decode workers and Ray tasks run), :attr:`input_size`
+    (fixed, or None), :attr:`differentiable` (gradients flow through :meth:`image_features`).
     """
 
     info: ModelInfo
@@ -99,13 +105,41 @@ class Encoder(ABC):
         return self.info.score_kind
 
     @property
+    def preparer(self) -> ImagePreparer:
+        """The per-image work done before the model (resize and crop), as a small picklable object that
+        decode threads and other processes (Ray tasks) run exactly as :meth:`prepare` does."""
+        return self.preprocessor
+
+    @property
     def draft_size(self) -> int | None:
         """Smallest side a large JPEG may be decoded to (reduced-scale decoding), or None for full decodes."""
-        return self.preprocessor.draft_size
+        return self.preparer.draft_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) every image is brought to, or None when images keep their own size or aspect."""
+        try:
+            return self.preprocessor.output_size
+        except ValueError:
+            return None
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether gradients flow through :meth:`image_features` (torch), as CLIP-guided synthesis needs."""
+        return False
+
+    def image_features(self, pixels):
+        """Unnormalised image embeddings of a preprocessed torch batch (N, 3, H, W), differentiable in ``pixels``."""
+        raise UsageError(f"{self.name} runs on {self.info.backend}, which gives no gradients; load it with the "
+                         "torch backend", parameter="backend")
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask (int64, (N, L)) as the model reads ``texts``, padded as it was trained."""
+        raise NotImplementedError
 
     def prepare(self, image: Image.Image) -> Any:
-        """Per-image work that can run in decode workers: resize and crop to uint8 (H, W, 3)."""
-        return self.preprocessor.resize_crop(image)
+        """Per-image work that can run in decode workers (see :attr:`preparer`)."""
+        return self.preparer.prepare(image)
 
     def encode_prepared(self, items: Sequence[Any]) -> np.ndarray:
         """Normalised embeddings of items made by :meth:`prepare`."""

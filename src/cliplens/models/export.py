@@ -6,7 +6,7 @@ quantisation, the tokenizer as a ``tokenizers`` file, the preprocessor config an
 with what the runtime needs (family, scale, bias, context length). Loading an export needs neither
 torch nor transformers, which is what makes a cold start fast.
 
-Each export is checked against the torch model it came from (see :mod:`cliplens.parity`); the
+Each export is checked against the torch model it came from (see :mod:`cliplens.models.parity`); the
 result is kept in ``parity.json`` and ``auto`` only picks a precision that passed.
 """
 
@@ -14,51 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable
 
-from ..cache import cache_dir, model_content_hash
-from ..errors import ModelLoadError
+from ..files import atomic_folder, atomic_path, atomic_write_json
+from .base import StatusFn
+from .parity import probe_parity
+from .onnx_layout import EXPORT_FORMAT, ONNX_PRECISIONS, TOWERS, ExportError, export_folder, has_export, tower_file
 
-EXPORT_FORMAT = "cliplens-onnx/1"
-ONNX_PRECISIONS = ("fp32", "int8")
-TOWERS = ("image", "text")
 OPSET = 18
 
-StatusFn = Callable[[str], None]
 log = logging.getLogger("cliplens")
-
-
-class ExportError(ModelLoadError):
-    """A model cannot be exported to ONNX (or its export does not reproduce it)."""
-
-
-def export_folder(model_dir: str | Path) -> Path:
-    """Where the export of the model in ``model_dir`` lives (keyed by the folder's content hash)."""
-    return cache_dir() / "onnx" / model_content_hash(model_dir)
-
-
-def tower_file(folder: Path, tower: str, precision: str) -> Path:
-    return folder / f"{tower}.{precision}.onnx"
-
-
-def has_export(folder: Path, precision: str) -> bool:
-    """Whether both towers of ``precision`` and the metadata are in ``folder``."""
-    return (folder / "export.json").exists() and all(tower_file(folder, t, precision).exists() for t in TOWERS)
-
-
-def read_meta(folder: Path) -> dict:
-    try:
-        meta = json.loads((folder / "export.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{folder}: damaged ONNX export ({exc}); delete the folder to export again") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{folder}: ONNX export in format {meta.get('format')!r}, expected {EXPORT_FORMAT}")
-    return meta
 
 
 def ensure_export(model_dir: str | Path, name: str, precision: str, *, on_status: StatusFn | None = None) -> Path:
@@ -66,7 +34,8 @@ def ensure_export(model_dir: str | Path, name: str, precision: str, *, on_status
     from filelock import FileLock
 
     if precision not in ONNX_PRECISIONS:
-        raise ExportError(f"precision {precision!r} is not available with ONNX Runtime (choose from {', '.join(ONNX_PRECISIONS)})")
+        raise ExportError(f"{precision!r} is not available with ONNX Runtime (choose from "
+                          f"{', '.join(ONNX_PRECISIONS)})", parameter="precision")
     folder = export_folder(model_dir)
     if has_export(folder, precision):
         return folder
@@ -77,8 +46,6 @@ def ensure_export(model_dir: str | Path, name: str, precision: str, *, on_status
             _export_fp32(Path(model_dir), name, folder, status)
         if precision == "int8" and not has_export(folder, "int8"):
             _quantize_int8(folder, status)
-            from ..parity import probe_parity
-
             status("checking int8 against fp32")
             probe_parity(folder, "int8")
     return folder
@@ -89,39 +56,36 @@ def _export_fp32(model_dir: Path, name: str, folder: Path, status: StatusFn) -> 
 
     status(f"loading {name} in torch to export it to ONNX (once)")
     encoder = TransformersEncoder(model_dir, name=name, device="cpu")
-    if encoder.family == "siglip2" and encoder._naflex is not None:
-        raise ExportError(f"{name}: SigLIP 2 NaFlex checkpoints cannot be exported to ONNX yet; use --backend torch")
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if encoder.input_size is None:
+        raise ExportError(f"{name}: its images have no fixed size (SigLIP 2 NaFlex), which the ONNX export needs; "
+                          "use the torch backend", parameter="backend")
     try:
-        tokenizer_meta = _save_tokenizer(encoder, tmp)
-        status("exporting the image tower to ONNX")
-        _export_tower(encoder, "image", tmp)
-        status("exporting the text tower to ONNX")
-        _export_tower(encoder, "text", tmp)
-        shutil.copy(model_dir / "preprocessor_config.json", tmp) if (model_dir / "preprocessor_config.json").exists() else None
-        info = encoder.info
-        meta = {
-            "format": EXPORT_FORMAT, "model": name, "source": str(model_dir), "content_hash": folder.name,
-            "family": info.family, "embed_dim": info.embed_dim, "context_length": info.context_length,
-            "score_kind": info.score_kind, "logit_scale": info.logit_scale, "logit_bias": info.logit_bias,
-            "opset": OPSET, **tokenizer_meta,
-        }
-        (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
-        status("checking the ONNX export against torch")
-        from ..parity import probe_parity
-
-        with quiet_logs():
-            probe_parity(tmp, "fp32", torch_encoder=encoder)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(folder) as tmp:
+            _export_into(tmp, encoder, model_dir, name, folder.name, status)
     finally:
         encoder.close()
+
+
+def _export_into(tmp: Path, encoder, model_dir: Path, name: str, key: str, status: StatusFn) -> None:
+    """Write the fp32 export of ``encoder`` into the folder ``tmp`` and check it against torch."""
+    tokenizer_meta = _save_tokenizer(encoder, tmp)
+    status("exporting the image tower to ONNX")
+    _export_tower(encoder, "image", tmp)
+    status("exporting the text tower to ONNX")
+    _export_tower(encoder, "text", tmp)
+    if (model_dir / "preprocessor_config.json").exists():
+        shutil.copy(model_dir / "preprocessor_config.json", tmp)
+    info = encoder.info
+    meta = {
+        "format": EXPORT_FORMAT, "model": name, "source": str(model_dir), "content_hash": key,
+        "family": info.family, "embed_dim": info.embed_dim, "context_length": info.context_length,
+        "score_kind": info.score_kind, "logit_scale": info.logit_scale, "logit_bias": info.logit_bias,
+        "opset": OPSET, **tokenizer_meta,
+    }
+    atomic_write_json(tmp / "export.json", meta)
+    status("checking the ONNX export against torch")
+    with quiet_logs():
+        probe_parity(tmp, "fp32", torch_encoder=encoder)
 
 
 def _save_tokenizer(encoder, folder: Path) -> dict:
@@ -129,7 +93,8 @@ def _save_tokenizer(encoder, folder: Path) -> dict:
     tokenizer = encoder.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ExportError(f"{encoder.name}: its tokenizer has no fast (tokenizers) form; use --backend torch")
+        raise ExportError(f"{encoder.name}: its tokenizer has no fast (tokenizers) form; use the torch backend",
+                          parameter="backend")
     backend = backend.__class__.from_str(backend.to_str())  # a copy, so the loaded tokenizer keeps its settings
     backend.no_padding()
     backend.no_truncation()
@@ -196,11 +161,12 @@ def _export_tower(encoder, tower: str, folder: Path) -> None:
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     if tower == "image":
-        height, width = encoder.preprocessor.output_size
+        height, width = encoder.input_size
         args = (torch.zeros(2, 3, height, width),)
         names, shapes = ["pixel_values"], {"pixel_values": {0: batch}}
     else:
-        tokens = encoder.tokenize(["a photo of a dog.", "a"])
+        ids, mask = encoder.token_ids(["a photo of a dog.", "a"])
+        tokens = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         if encoder.family == "clip":
             seq = torch.export.Dim("sequence", min=2, max=encoder.context_length)
             args = (tokens["input_ids"], tokens["attention_mask"])
@@ -219,7 +185,7 @@ def _export_tower(encoder, tower: str, folder: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; the model still works in torch
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{encoder.name}: the {tower} tower cannot be exported to ONNX ({first[:200]}); "
-                          "use --backend torch") from None
+                          "use the torch backend", parameter="backend") from None
 
 
 def _quantize_int8(folder: Path, status: StatusFn) -> None:
@@ -229,8 +195,5 @@ def _quantize_int8(folder: Path, status: StatusFn) -> None:
 
     for tower in TOWERS:
         status(f"quantising the {tower} tower to int8")
-        target = tower_file(folder, tower, "int8")
-        tmp = target.with_name(target.name + ".partial")
-        with quiet_logs():
+        with atomic_path(tower_file(folder, tower, "int8")) as tmp, quiet_logs():
             quantize_dynamic(tower_file(folder, tower, "fp32"), tmp, weight_type=QuantType.QInt8, per_channel=True)
-        tmp.replace(target)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,11 +22,26 @@ def pick_device(device: str | None) -> str:
 
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+            raise UsageError("CUDA is not available on this machine", value=str(device), parameter="device")
         if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("--device mps: Apple MPS is not available on this machine")
+            raise UsageError("Apple MPS is not available on this machine", value="mps", parameter="device")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class NaflexPreparer:
+    """SigLIP 2 NaFlex's per-image step: its own PIL processor keeps the aspect ratio and packs the patches."""
+
+    processor: Any  # transformers' Siglip2ImageProcessorPil
+
+    @property
+    def draft_size(self) -> int:
+        side = int(self.processor.max_num_patches ** 0.5) * self.processor.patch_size
+        return 2 * side
+
+    def prepare(self, image) -> dict[str, np.ndarray]:
+        return dict(self.processor([image], return_tensors="np"))
 
 
 def _features(output):
@@ -47,23 +63,27 @@ class TransformersEncoder(Encoder):
         path = Path(path)
         config_file = path / "config.json"
         if not config_file.exists():
-            raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+            raise ModelLoadError("not a model folder (no config.json)", value=str(path), parameter="model")
         model_type = json.loads(config_file.read_text()).get("model_type", "")
         if model_type not in SUPPORTED_TYPES:
-            raise ModelLoadError(f"{name or path}: model type {model_type!r} is not a CLIP, SigLIP or SigLIP 2 model")
+            raise ModelLoadError(f"model type {model_type!r} is not a CLIP, SigLIP or SigLIP 2 model",
+                                 value=str(name or path), parameter="model")
         self.device = pick_device(device)
         if precision not in self.PRECISIONS:
-            hint = " (int8 runs on ONNX Runtime: --backend onnx)" if precision == "int8" else ""
-            raise UsageError(f"--precision {precision}: the torch backend runs {', '.join(self.PRECISIONS)}{hint}")
+            hint = " (int8 runs on ONNX Runtime: the onnx backend)" if precision == "int8" else ""
+            raise UsageError(f"the torch backend runs {', '.join(self.PRECISIONS)}{hint}",
+                             value=str(precision), parameter="precision")
         if precision == "fp16" and self.device == "cpu":
-            raise UsageError("--precision fp16 is for GPUs; on a CPU use bf16, or --backend onnx --precision int8")
+            raise UsageError("is for GPUs; on a CPU use bf16, or int8 on the onnx backend", value="fp16",
+                             parameter="precision")
         self.precision = precision
         self.dtype = getattr(torch, self.PRECISIONS[precision])
         try:
             self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{name or path}: cannot load ({str(exc).splitlines()[0]})") from None
+            raise ModelLoadError(f"cannot load ({str(exc).splitlines()[0]})",
+                                 value=str(name or path), parameter="model") from None
         scale = float(self.model.logit_scale.detach().exp())  # read in fp32, before any cast
         bias = getattr(self.model, "logit_bias", None)
         bias = float(bias.detach()) if bias is not None else None
@@ -72,11 +92,11 @@ class TransformersEncoder(Encoder):
         self.family = SUPPORTED_TYPES[model_type]
         config = self.model.config
         self.context_length = int(getattr(config.text_config, "max_position_embeddings", 77))
-        self._naflex = None
+        self._naflex: NaflexPreparer | None = None
         if self.family == "siglip2":
             from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
-            self._naflex = Siglip2ImageProcessorPil.from_pretrained(path)
+            self._naflex = NaflexPreparer(Siglip2ImageProcessorPil.from_pretrained(path))
         self.preprocessor = ImagePreprocessor.from_pretrained(path)
         sigmoid = self.family in ("siglip", "siglip2")
         self.info = ModelInfo(
@@ -94,17 +114,21 @@ class TransformersEncoder(Encoder):
         )
 
     @property
-    def draft_size(self) -> int | None:
-        if self._naflex is None:
-            return super().draft_size
-        side = int(self._naflex.max_num_patches ** 0.5) * self._naflex.patch_size
-        return 2 * side
+    def preparer(self):
+        return self._naflex or self.preprocessor
 
-    def prepare(self, image):
-        if self._naflex is None:
-            return super().prepare(image)
-        # NaFlex keeps the aspect ratio and packs patches itself; its own PIL processor does exactly that.
-        return self._naflex([image], return_tensors="np")
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return None if self._naflex is not None else super().input_size
+
+    @property
+    def differentiable(self) -> bool:
+        return self.model is not None
+
+    def image_features(self, pixels):
+        if self.model is None:
+            raise UsageError(f"{self.name} has been closed", parameter="model")
+        return _features(self.model.get_image_features(pixel_values=pixels.to(self.dtype))).float()
 
     def encode_prepared(self, items):
         if self._naflex is None:
@@ -138,8 +162,14 @@ class TransformersEncoder(Encoder):
             return [True] * len(texts)
         return [unk not in ids for ids in self.tokenizer(list(texts))["input_ids"]]
 
+    def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        tokens = self.tokenize(texts)
+        ids = tokens["input_ids"].numpy().astype(np.int64)
+        mask = tokens["attention_mask"].numpy().astype(np.int64) if "attention_mask" in tokens else np.ones_like(ids)
+        return ids, mask
+
     def tokenize(self, texts: Sequence[str]):
-        """Token ids and mask as the model was trained (SigLIP pads to its full context)."""
+        """Token ids and mask as torch tensors, as the model was trained (SigLIP pads to its full context)."""
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
         warn_truncated([text for text, n in zip(texts, lengths) if n > self.context_length], self.context_length)
         padding = "max_length" if self.family in ("siglip", "siglip2") else True

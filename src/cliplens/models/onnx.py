@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .base import Encoder, ModelInfo, warn_truncated
-from .export import TOWERS, read_meta, tower_file
+from .onnx_layout import TOWERS, read_meta, tower_file
 from .preprocess import ImagePreprocessor
 
 
@@ -28,8 +28,8 @@ def _providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise UsageError(f"--device {device}: this ONNX Runtime build cannot use it (install onnxruntime-gpu "
-                     "for CUDA, or use --backend torch)")
+    raise UsageError("this ONNX Runtime build cannot use it (install onnxruntime-gpu for CUDA, or "
+                     "use the torch backend)", value=str(device), parameter="device")
 
 
 class OnnxEncoder(Encoder):
@@ -53,7 +53,7 @@ class OnnxEncoder(Encoder):
         self._lock = threading.Lock()
         for tower in TOWERS:
             if not tower_file(self.folder, tower, precision).exists():
-                raise UsageError(f"{name}: no {precision} ONNX export in {self.folder}")
+                raise UsageError(f"{name}: no {precision} ONNX export in {self.folder}", parameter="precision")
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.context_length = int(self.meta["context_length"])
         self.tokenizer.enable_truncation(max_length=self.context_length)

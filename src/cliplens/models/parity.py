@@ -118,7 +118,7 @@ def probe_parity(folder: Path, precision: str, *, torch_encoder=None) -> ParityR
         _check_tokens(candidate, torch_encoder)
     else:
         reference, reference_name = OnnxEncoder(folder, name="probe", precision="fp32"), "onnx fp32"
-    images, labels = held_out_images(PROBE_IMAGES, candidate.preprocessor.output_size[0], seed=PROBE_SEED)
+    images, labels = held_out_images(PROBE_IMAGES, candidate.input_size[0], seed=PROBE_SEED)
     result = compare(candidate, reference, images, labels, precision=precision, source="export probe",
                      reference_name=reference_name)
     record(folder, result)

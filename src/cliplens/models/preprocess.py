@@ -9,13 +9,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImagePreparer(Protocol):
+    """The per-image step before a model: what :meth:`prepare` returns, :meth:`Encoder.encode_prepared` takes."""
+
+    @property
+    def draft_size(self) -> int | None: ...
+
+    def prepare(self, image: Image.Image) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,10 @@ class ImagePreprocessor:
         if self.crop is not None:
             arr = _center_crop(arr, *self.crop)
         return arr
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """The per-image step (:class:`ImagePreparer`): resize and crop to uint8 (H, W, 3)."""
+        return self.resize_crop(image)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) → float32 (N, 3, H, W), rescaled and normalised."""

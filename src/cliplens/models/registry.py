@@ -87,12 +87,12 @@ def resolve_model_dir(name: str | os.PathLike | None = None, *, allow_download: 
     path = Path(target).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+            raise ModelLoadError("not a model folder (no config.json)", value=str(path), parameter="model")
         return path
     if path.exists():
-        raise ModelLoadError(f"{path}: a model must be a folder in Hugging Face format, not a file")
+        raise ModelLoadError("a model must be a folder in Hugging Face format, not a file", value=str(path), parameter="model")
     if target.startswith((".", "/", "~")) or target.count("/") > 1:
-        raise ModelLoadError(f"{text}: no such model folder")
+        raise ModelLoadError("no such model folder", value=str(text), parameter="model")
     cached = _cached_snapshot(target)
     if cached is not None:
         return cached

@@ -1,6 +1,6 @@
 """``cliplens serve``: the HTTP API and the web page over one loaded model (FastAPI on uvicorn)."""
 
-from .app import create_app
+from .app import create_app, open_index
 from .config import ServiceConfig
 
-__all__ = ["ServiceConfig", "create_app"]
+__all__ = ["ServiceConfig", "create_app", "open_index"]

@@ -16,8 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
-from ..models import Encoder, load_model
+from .. import Encoder, PhotoIndex, __version__, load_model
 from . import schemas
 from .config import ServiceConfig
 from .engine import Engine
@@ -71,11 +70,11 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         if photos is None and config.index is not None:
             photos = open_index(config)
         if photos is not None:
-            model = model or photos.bound.name
+            model = model or photos.model_name
         loaded = encoder or load_model(model, device=config.device, backend=config.backend,
                                        precision=config.precision)
         if photos is not None:
-            photos._encoder = loaded  # the index was checked against this model: one copy in memory
+            photos.use_encoder(loaded)  # one copy of the model in memory
         metrics.set_model(loaded.name)
         engine = Engine(loaded, config, metrics, photos)
         state["engine"] = app.state.engine = engine
@@ -138,7 +137,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         params, uploads = await read_body(request, schemas.SearchParams, schemas.SearchJson,
                                           image_fields=("image",), max_images=1)
         upload = uploads["image"][0] if uploads["image"] else None
-        return await engine().search(params.query, upload, params.k, params.threshold)
+        return await engine().search(params.query, upload, params.top, params.threshold)
 
     @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
                                                      404: ERRORS[400] | {"description": "No such file"}})
@@ -166,7 +165,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         """Prometheus metrics: requests by route and status, latency, in-flight, merged batch sizes."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    web = resources.files("cliplens").joinpath("web")
+    web = resources.files("cliplens.service").joinpath("web")
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -187,10 +186,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
     return app
 
 
-def open_index(config: ServiceConfig):
+def open_index(config: ServiceConfig) -> PhotoIndex:
     """The configured photo index, checked against the configured model."""
-    from ..index import PhotoIndex
-
     return PhotoIndex(config.index, config.model, device=config.device, backend=config.backend,
                       precision=config.precision)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..models import Encoder
+from .. import Encoder
 
 
 @dataclass

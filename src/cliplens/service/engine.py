@@ -16,15 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..banks import builtin_bank_names
-from ..caption import Captioner
-from ..classify import Classifier
-from ..curate import rank_vectors
-from ..errors import CliplensError, ImageLoadError
-from ..images import load_image
-from ..models import Encoder
-from ..models.base import l2_normalize
-from ..prompts import TEMPLATE_SETS, VERBATIM
+from .. import (Captioner, Classifier, CliplensError, Encoder, ImageLoadError, PhotoIndex, builtin_bank_names, load_image,
+                rank_vectors, template_set_names)
 from .batching import EncoderWorker
 from .config import ServiceConfig
 from .errors import ApiError, from_library
@@ -33,7 +26,7 @@ from .metrics import ServiceMetrics
 
 CLASSIFIERS_KEPT = 64  # label sets whose embeddings stay in memory
 CAPTIONERS_KEPT = 8
-NAMED_TEMPLATES = (*TEMPLATE_SETS, "imagenet-7", VERBATIM)
+NAMED_TEMPLATES = tuple(template_set_names())
 THUMBNAIL_SIDE = 256
 
 
@@ -59,7 +52,8 @@ class _Cache(OrderedDict):
 
 
 class Engine:
-    def __init__(self, encoder: Encoder, config: ServiceConfig, metrics: ServiceMetrics, photos=None):
+    def __init__(self, encoder: Encoder, config: ServiceConfig, metrics: ServiceMetrics,
+                 photos: PhotoIndex | None = None):
         self.encoder = encoder
         self.config = config
         self.photos = photos
@@ -123,7 +117,7 @@ class Engine:
         classifier = await self.classifier(labels, template, templates, multi_label)
         vectors = await self.embed_uploads([upload])
         result = (await self._model_call(lambda: classifier.score_vectors(vectors, [upload.name])))[0]
-        return result.to_dict() | {"looks_like": result.looks_like}
+        return result.to_dict()
 
     async def captioner(self, banks: Sequence[str] | None, keep_typographic: bool) -> Captioner:
         names = [name.strip() for spec in banks or () for name in spec.split(",") if name.strip()]
@@ -148,16 +142,13 @@ class Engine:
         captioner = await self.captioner(banks, keep_typographic)
         vectors = await self.embed_uploads([upload])
         caption = await self._model_call(lambda: captioner.caption_vector(vectors[0], upload.name))
-        return caption.to_dict() | {"llm": caption.llm()}
+        return caption.to_dict()
 
     async def rank(self, uploads: Sequence[Upload], prompt: str, negative: Sequence[str], top: int | None) -> dict:
         vectors = await self.embed_uploads(uploads)
-        positions = [str(i) for i in range(len(uploads))]
-        ranking = await self._model_call(lambda: rank_vectors(prompt, vectors, positions, self.encoder,
-                                                              negative=negative, top=top))
-        return {"prompt": ranking.prompt,
-                "results": [{"path": uploads[int(r.path)].name, "score": r.score, "index": int(r.path)}
-                            for r in ranking.results]}
+        ranking = await self._model_call(lambda: rank_vectors(prompt, vectors, [u.name for u in uploads],
+                                                              self.encoder, negative=negative, top=top))
+        return ranking.to_dict()
 
     async def embed(self, uploads: Sequence[Upload], texts: Sequence[str]) -> dict:
         if not uploads and not texts:
@@ -168,35 +159,30 @@ class Engine:
                 "images": [{"name": u.name, "embedding": v.tolist()} for u, v in zip(uploads, images)],
                 "texts": [{"name": t, "embedding": v.tolist()} for t, v in zip(texts, text_vectors)]}
 
-    async def search(self, query: str | None, upload: Upload | None, k: int, threshold: float | None) -> dict:
+    async def search(self, query: str | None, upload: Upload | None, top: int, threshold: float | None) -> dict:
         photos = self._require_index()
         if not (query and query.strip()) and upload is None:
             raise ApiError(422, "invalid_field", "give a query, an image, or both")
-        if upload is None:  # words only: every term is text, never a server file
-            result = await self._model_call(lambda: photos.search(query, k=k, threshold=threshold, files=False))
-        else:
-            image = (await self.embed_uploads([upload]))[0]
-
-            def run():
-                vector = image if not (query and query.strip()) else \
-                    l2_normalize((photos.query_vector(_text_terms(query)) + image)[None])[0]
-                shown = " + ".join(filter(None, [query, upload.name]))
-                return photos.search_vector(vector, shown, k=k, threshold=threshold, rerank=False)
-
-            result = await self._model_call(run)
-        return {"query": result.query,
-                "results": [{"path": h.path, "score": h.score, "thumbnail": f"/v1/thumbnails/{h.id}"}
-                            for h in result.hits]}
+        query = query if query and query.strip() else None
+        image = (await self.embed_uploads([upload]))[0] if upload is not None else None
+        shown = " + ".join(filter(None, [query, upload.name if upload is not None else None]))
+        # every term is text, never a server file
+        result = await self._model_call(lambda: photos.search(query, image_vector=image, top=top,
+                                                               threshold=threshold, files=False))
+        data = result.to_dict() | {"query": shown}
+        for row in data["results"]:
+            row["thumbnail"] = f"/v1/thumbnails/{row['id']}"
+        return data
 
     def _require_index(self):
         if self.photos is None:
-            raise ApiError(404, "no_index", "this service has no photo index; start it with --index PATH")
+            raise ApiError(404, "no_index", "this service has no photo index; start it with one")
         return self.photos
 
     def thumbnail(self, file_id: int) -> bytes:
         """A JPEG thumbnail of an indexed file (looked up by id: nothing else on disk is ever served)."""
         photos = self._require_index()
-        path = photos.store.paths([file_id]).get(file_id)
+        path = photos.path_of(file_id)
         if path is None:
             raise ApiError(404, "not_found", f"no file with id {file_id} in the index")
         try:
@@ -211,10 +197,5 @@ class Engine:
     def index_info(self) -> dict | None:
         if self.photos is None:
             return None
-        return {"files": len(self.photos), "model": self.photos.bound.name}
+        return {"files": len(self.photos), "model": self.photos.model_name}
 
-
-def _text_terms(query: str):
-    from ..index.photos import parse_query
-
-    return parse_query(query, files=False)

@@ -51,7 +51,7 @@ def from_library(exc: CliplensError, where: str | None = None) -> ApiError:
         return ApiError(422, "bad_image", f"{name}: {exc.reason}")
     if isinstance(exc, ModelNotFoundError):
         return ApiError(503, "unavailable", exc.message)
-    return ApiError(400, "bad_request", exc.message)
+    return ApiError(400, "bad_request", exc.describe())  # a parameter is named as its field
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,7 +11,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..prompts import DEFAULT_TEMPLATE
+from .. import DEFAULT_TEMPLATE
 
 B64 = "base64 of the image file's bytes (a data: URL is accepted too)"
 
@@ -62,8 +62,8 @@ class EmbedJson(EmbedParams):
 
 class SearchParams(_Strict):
     query: Optional[str] = Field(None, description='Text, or arithmetic on texts: "horse" + "stripes" - "brown".')
-    k: int = Field(10, ge=1, le=1000, description="How many results.")
-    threshold: Optional[float] = Field(None, description="Only results scoring at least this.")
+    top: int = Field(10, ge=1, le=1000, description="How many results (at most).")
+    threshold: Optional[float] = Field(None, description="Only results whose score is at least this.")
 
 
 class SearchJson(SearchParams):
@@ -104,14 +104,20 @@ class CaptionOut(BaseModel):
     banks: dict[str, list[CaptionLabelOut]]
 
 
+SCORE_KIND = ("What the scores are: 'similarity' (cosine with the query) or 'margin' (that cosine less the "
+              "image's best cosine with a negative prompt and/or its best reference caption).")
+
+
 class RankedOut(BaseModel):
     path: str = Field(description="The image's name (its upload file name, or the name given).")
-    score: float
     index: int = Field(description="The image's position in the request.")
+    score: float = Field(description="What the images are ranked by (see score_kind).")
+    similarity: float = Field(description="The image's cosine with the prompt.")
 
 
 class RankingOut(BaseModel):
     prompt: str
+    score_kind: str = Field(description=SCORE_KIND)
     results: list[RankedOut]
 
 
@@ -129,12 +135,15 @@ class EmbeddingsOut(BaseModel):
 
 class SearchHitOut(BaseModel):
     path: str
-    score: float
+    id: int = Field(description="The file's id in the index.")
+    score: float = Field(description="What the results are ranked by (see score_kind).")
+    similarity: float = Field(description="The file's cosine with the query.")
     thumbnail: str = Field(description="URL of the file's thumbnail on this service.")
 
 
 class SearchOut(BaseModel):
     query: str
+    score_kind: str = Field(description=SCORE_KIND)
     results: list[SearchHitOut]
 
 

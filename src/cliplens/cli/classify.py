@@ -1,0 +1,172 @@
+"""``cliplens classify`` and ``cliplens calibrate``: zero-shot classification that can say "none of these"."""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+import cliplens
+from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, LabelsFileOpt, ModelOpt, OverwriteOpt,
+                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output,
+                                 emit_json, err, load_model_with_status, out, progress, rate_updater,
+                                 report_skipped)
+from cliplens.cli.outputs import FORMATS, ResultWriter, format_for
+from cliplens.errors import UsageError
+
+
+def register(app: typer.Typer) -> None:
+    add(app, "classify", classify)
+    add(app, "calibrate", calibrate)
+
+
+def one_template_set(templates: Optional[List[str]]) -> Optional[str]:
+    """The one template set a command that scores with one set was given (eval compares several)."""
+    specs = [part.strip() for spec in templates or [] for part in spec.split(",") if part.strip()]
+    if len(specs) > 1:
+        raise UsageError("this command uses one template set (eval compares several)",
+                         value=str(', '.join(specs)), parameter="templates")
+    return specs[0] if specs else None
+
+
+def classify(image: str = typer.Argument(..., help="Image file, or a folder or quoted glob for many images."),
+             labels: List[str] = typer.Argument(None, help="Candidate labels (or --labels-file)."),
+             labels_file: Optional[Path] = LabelsFileOpt, template: str = TemplateOpt,
+             templates: Optional[List[str]] = TemplatesOpt,
+             multi_label: bool = typer.Option(False, "--multi-label",
+                                              help="Independent probability per label (several may fit)."),
+             calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="FILE",
+                                                        help="File from `cliplens calibrate` (default: the one "
+                                                             "shipped with the model, if any)."),
+             coverage: Optional[float] = typer.Option(None, "--coverage", metavar="LEVEL",
+                                                      help="Add a conformal prediction set with this coverage, e.g. "
+                                                           "0.9 (needs a calibration)."),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                                   help="Many images: write one row per image to FILE.csv or "
+                                                        "FILE.jsonl as they are scored."),
+             fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT",
+                                               help="Many images: print csv or jsonl rows on stdout."),
+             overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt,
+             workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+             backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Zero-shot classification: how well each label matches, and whether none of them does."""
+    label_list = list(labels or [])
+    if labels_file is not None:
+        label_list += cliplens.read_labels_file(labels_file)
+    if not label_list:
+        raise UsageError("give labels after the image, or a labels file", parameter="labels")
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError("use csv or jsonl", value=str(fmt), parameter="fmt")
+    if output is not None:
+        format_for(output)
+    check_output(output, "output", overwrite=overwrite)
+    set_name = one_template_set(templates)
+    many = Path(image).is_dir() or glob.has_magic(image) or output is not None or fmt is not None
+    sources = cliplens.expand_paths([image]) if many else [image]
+    if not sources:
+        raise UsageError(f"no images found in {image}", parameter="image")
+    encoder = load_model_with_status(model, device, backend, precision)
+    classifier = cliplens.Classifier(label_list, encoder, template=template, templates=set_name,
+                                     multi_label=multi_label, calibration=calibration, coverage=coverage)
+    if many:
+        _classify_many(classifier, sources, output, fmt, as_json, batch_size, workers)
+        return
+    result = classifier.classify(image)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    _print_classification(result, coverage)
+
+
+def _print_classification(result, coverage: Optional[float]) -> None:
+    if result.is_none_of_these:
+        hint = f" (it looks more like: {result.looks_like})" if result.looks_like else ""
+        out.print(f"[yellow]none of these[/]: {result.none_of_these * 100:.1f}% that no label fits{hint}",
+                  highlight=False)
+    width = max(len(s.label) for s in result.labels)
+    for s in result.labels:
+        bar = "█" * round(s.probability * 30)
+        out.print(f"{s.label:<{width}}  {s.probability * 100:5.1f}%  [cyan]{bar:<30}[/]  (cos {s.similarity:.3f})",
+                  highlight=False)
+    if not result.is_none_of_these:
+        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%[/]", highlight=False)
+    if result.prediction_set is not None:
+        members = ", ".join(result.prediction_set) or "(empty)"
+        out.print(f"prediction set at {coverage:.0%} coverage: {members}", highlight=False)
+
+
+def _classify_many(classifier, sources: list, output: Optional[Path], fmt: Optional[str], as_json: bool,
+                   batch_size: Optional[int], workers: Optional[int]) -> None:
+    fmt = format_for(output) if output is not None else fmt
+    stream = output.open("w", newline="", encoding="utf-8") if output is not None else sys.stdout
+    writer = ResultWriter(stream, fmt, classifier.labels, classifier.coverage is not None) if fmt else None
+    results, errors = [], []
+    try:
+        with progress("classifying") as bar:
+            task = bar.add_task("classifying", total=len(sources), rate="")
+            for item in classifier.classify_many(sources, batch_size=batch_size, workers=workers,
+                                                 on_progress=rate_updater(bar, task, "img")):
+                failed = isinstance(item, cliplens.ImageLoadError)
+                if failed:
+                    errors.append(item)
+                    report_skipped([item])
+                if writer is not None:
+                    writer.write(item)
+                elif as_json:
+                    if not failed:
+                        results.append(item)
+                elif not failed:
+                    answer = (f"none of these ({item.none_of_these:.0%})" if item.is_none_of_these
+                              else f"{item.top.label} ({item.top.probability:.0%})")
+                    out.print(f"{item.image}\t{answer}", highlight=False)
+    finally:
+        if output is not None:
+            stream.close()
+    if as_json and writer is None:
+        emit_json({"model": classifier.encoder.name, "results": [r.to_dict() for r in results],
+                   "errors": [{"image": e.source, "reason": e.reason} for e in errors]})
+    done = f" → {output}" if output is not None else ""
+    err.print(f"classified {len(sources) - len(errors)} image(s), {len(errors)} failed{done}", highlight=False)
+    if errors:
+        raise typer.Exit(1)
+
+
+def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-folder per class, or a CSV/JSONL of "
+                                                       "path,label."),
+              out_file: Path = typer.Option(..., "--out", "-o", metavar="FILE",
+                                            help="Calibration file to write (JSON)."),
+              template: str = TemplateOpt, templates: Optional[List[str]] = TemplatesOpt,
+              overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt,
+              workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
+              backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
+              as_json: bool = JsonOpt) -> None:
+    """Fit temperature, the none-of-these detector and conformal scores for a model on labelled images."""
+    check_output(out_file, "out_file", overwrite=overwrite)
+    set_name = one_template_set(templates)
+    encoder = load_model_with_status(model, device, backend, precision)
+    with progress("embedding") as bar:
+        task = bar.add_task("embedding", total=None, rate="")
+        fitted = cliplens.calibrate(dataset, encoder, template=template, templates=set_name, batch_size=batch_size,
+                                    workers=workers, on_progress=rate_updater(bar, task, "img"))
+    report_skipped(fitted.errors)
+    path = fitted.calibration.save(out_file)
+    report = fitted.calibration.report
+    if as_json:
+        emit_json({"out": str(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
+    else:
+        none, q90 = report["none_of_these"], report["conformal"]["0.9"]
+        err.print(f"calibrated {encoder.name} on {report['images']} images of {report['classes']} classes "
+                  f"(zero-shot top-1 {report['accuracy']:.3f})\n"
+                  f"temperature {report['temperature']:.3f}: expected calibration error "
+                  f"{report['ece_before']:.4f} → {report['ece_after']:.4f}\n"
+                  f"none of these flags {none['flagged_in_domain']:.1%} of images when their class is offered and "
+                  f"{none['flagged_out_of_domain']:.1%} when it is not\n"
+                  f"90% conformal sets: threshold {q90['quantile']:.4f}, mean size {q90['mean_set_size']:.2f}\n"
+                  f"→ {path}", highlight=False)
+    if fitted.errors:
+        raise typer.Exit(1)
+

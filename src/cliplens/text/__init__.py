@@ -1,0 +1,1 @@
+"""Text for the model: prompts and template sets, label banks and their cached vectors, the reference vocabulary."""
