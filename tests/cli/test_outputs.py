@@ -78,7 +78,7 @@ def test_every_output_option_is_covered(data):
 def test_unwritable_folder_is_refused_before_work(data, monkeypatch):
     """A folder that cannot be written is found by writing a probe file there (root ignores permission bits,
     so /proc, which no one can write, stands in for a read-only share)."""
-    root, image = data
+    _, image = data
     monkeypatch.setattr(cliplens, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
     for args in (["classify", str(image), "a", "b", "-o", "/proc/cliplens-test.csv"],
                  ["embed", str(image), "--out", "/proc/cliplens-test"]):
