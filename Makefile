@@ -23,8 +23,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/cliplens classify src/cliplens/examples/two-red-circles.png \
 		"red circle" "blue circle" "red square" "green triangle" "yellow star" "purple cross" --model demo
 
-# Everything: the layer contract (import-linter), then every test, slow ones included.
+# Everything: the layer contract (import-linter), then every test, slow ones included. The browser tests need
+# Chromium: scripts/get-browser finds it or gets it (Debian's package, else Playwright's download), or says how.
 test: $(STAMP)
+	scripts/get-browser $(VENV)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

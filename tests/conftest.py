@@ -148,7 +148,15 @@ def demo_index(tmp_path_factory) -> Path:
     return index
 
 
-CHROMIUM = "/usr/bin/chromium"
+def _chromium() -> str | None:
+    """Debian's Chromium (or CLIPLENS_CHROMIUM); None: Playwright's own download (scripts/get-browser gets one)."""
+    for candidate in (os.environ.get("CLIPLENS_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+CHROMIUM = _chromium()
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
@@ -156,13 +164,13 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
 
 @pytest.fixture(scope="session")
 def browser():
-    """Debian's headless Chromium driven by Playwright (installed by .ci/run). Screenshots that tests take
-    go to build/test-artifacts/."""
+    """Headless Chromium driven by Playwright (``make test`` gets it, see scripts/get-browser). Screenshots
+    that tests take go to build/test-artifacts/."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)  # None: its own
         yield chromium
         chromium.close()
 

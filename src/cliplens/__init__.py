@@ -17,7 +17,7 @@ from .dream import Dream, check_options as check_dream_options, dream, save_gif
 from .errors import (CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, OutputError,
                      UsageError)
 from .evaluate import CaptionedSet, EvalResult, LabelledSet, evaluate, read_eval_dataset
-from .files import atomic_write, check_output_file, check_output_folder
+from .files import atomic_write, check_output_file, check_output_folder, display_path
 from .inputs.demo_data import DEMO_LABELS, write_demo_data
 from .inputs.images import expand_paths, load_image
 from .inputs.pairs import Pair, read_pairs
@@ -38,7 +38,8 @@ __version__ = "0.1.0"
 # Loaded on first use, so that commands which need neither start faster: photo search (FAISS, SQLite) and
 # training (torch, which the ONNX runtime never imports).
 _LAZY = {
-    "DuplicateGroup": "index", "IndexRun": "index", "ModelMismatchError": "index", "PhotoIndex": "index",
+    "DuplicateGroup": "index", "IndexDamagedError": "index", "IndexRun": "index", "ModelMismatchError": "index",
+    "PhotoIndex": "index",
     "SearchResult": "index", "update_index": "index", "search_index": "index", "index_errors": "index",
     "export_index": "index", "import_index": "index",
     "TrainConfig": "train", "TrainResult": "train", "train_model": "train",
@@ -64,7 +65,7 @@ __all__ = [
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images", "rank_vectors",
     "Dream", "check_dream_options", "dream", "save_gif",
     # photo search
-    "DuplicateGroup", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "export_index",
+    "DuplicateGroup", "IndexDamagedError", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "export_index",
     "import_index", "index_errors", "search_index", "update_index",
     # evaluation and audits
     "AuditImages", "AuditResult", "CaptionedSet", "ClassSet", "EvalResult", "LabelledSet", "audit", "evaluate",
@@ -77,7 +78,7 @@ __all__ = [
     "resolve_templates", "template_set_names",
     # inputs and files
     "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "read_labels_file", "read_pairs",
-    "write_demo_data", "atomic_write", "check_output_file", "check_output_folder",
+    "write_demo_data", "atomic_write", "check_output_file", "check_output_folder", "display_path",
     # training
     "TrainConfig", "TrainResult", "train_model",
     # errors

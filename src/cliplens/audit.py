@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError, ImageLoadError, UsageError
+from .files import display_path
 from .inputs.wordlists import read_text_file
 from .models import Encoder, as_encoder
 from .scores.disparity import ANY_HARMFUL, group_table, shift_table
@@ -237,7 +238,7 @@ def audit(images_csv: str | os.PathLike | AuditImages, model: Encoder | str | No
     report["limits"] = limit_lines(report)
     predictions = []
     for row, i in enumerate(embedded.indices):
-        item = {"path": str(data.paths[i]), **{spec: values[i] for spec, values in data.groups.items()}}
+        item = {"path": display_path(data.paths[i]), **{spec: values[i] for spec, values in data.groups.items()}}
         for cs, pred in zip(sets, predicted):
             item[cs.name] = cs.classes[pred[row]]
         predictions.append(item)

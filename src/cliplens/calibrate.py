@@ -34,8 +34,7 @@ def calibrate(dataset: str | Path, model: Encoder | str | None = None, *, templa
     prompt_templates = resolve_templates(templates, template if template is not None else DEFAULT_TEMPLATE)
     class_vectors = label_embeddings(encoder, data.classes, prompt_templates)
     embedded = embed_images(data.paths, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
-    label_of = dict(zip((str(p) for p in data.paths), data.labels))
-    truth = [data.classes.index(label_of[name]) for name in embedded.sources]
+    truth = [data.classes.index(data.labels[i]) for i in embedded.indices]
     vocabulary = shared_vocabulary(tuple(dict.fromkeys([*imagenet_classes(), *data.classes])))
     reference_best, _ = vocabulary.best_for_labels(encoder, embedded.vectors,
                                                    vocabulary.kept_for(encoder, data.classes))

@@ -11,6 +11,7 @@ over the reference captions ``r``.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import ImageLoadError, UsageError
-from .inputs.images import ImageSource, source_name
+from .files import display_path
+from .inputs.images import ImageSource
 from .inputs.pairs import Pair
 from .models import Encoder, as_encoder
 from .text.reference import reference_best, reranking_vocabulary
@@ -56,8 +58,8 @@ class Ranking:
     def to_dict(self) -> dict:
         """The JSON form (``--json`` and the HTTP API)."""
         return {"prompt": self.prompt, "score_kind": self.score_kind,
-                "results": [{"path": r.path, "index": r.index, "score": r.score, "similarity": r.similarity}
-                            for r in self.results]}
+                "results": [{"path": display_path(r.path), "index": r.index, "score": r.score,
+                             "similarity": r.similarity} for r in self.results]}
 
 
 def _check_ranking(prompt: str, top: int | None) -> None:
@@ -79,8 +81,11 @@ def rank_images(prompt: str, images: Iterable[ImageSource], model: Encoder | str
     """
     _check_ranking(prompt, top)
     encoder = as_encoder(model)
-    embedded = embed_images(list(images), encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
-    ranking = rank_vectors(prompt, embedded.vectors, embedded.sources, encoder, negative=negative, top=top,
+    images = list(images)
+    embedded = embed_images(images, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
+    names = [os.fspath(images[i]) if isinstance(images[i], (str, os.PathLike)) else embedded.sources[row]
+             for row, i in enumerate(embedded.indices)]  # paths as they are, so the files can be copied
+    ranking = rank_vectors(prompt, embedded.vectors, names, encoder, negative=negative, top=top,
                            rerank=rerank, indices=embedded.indices)
     ranking.errors = embedded.errors
     return ranking
@@ -117,7 +122,7 @@ def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:
     for rank, result in enumerate(ranking.results, 1):
         source = Path(result.path)
         if not source.is_file():
-            raise UsageError(f"{result.path} is not a file that can be copied", parameter="copy_to")
+            raise UsageError(f"{display_path(result.path)} is not a file that can be copied", parameter="copy_to")
         target = out / f"{rank:03d}_{source.name}"
         shutil.copy2(source, target)
         copied.append(target)
@@ -166,11 +171,10 @@ def clip_scores(pairs: Sequence[Pair], model: Encoder | str | None = None, *, w:
     encoder = as_encoder(model)
     embedded = embed_images([p.path for p in pairs], encoder, batch_size=batch_size, workers=workers,
                             on_progress=on_progress)
-    by_source = {name: i for i, name in enumerate(embedded.sources)}
-    kept = [p for p in pairs if source_name(p.path) in by_source]
+    kept = [pairs[i] for i in embedded.indices]
     if not kept:
         return PairScores(encoder.name, [], embedded.errors)
-    images = embedded.vectors[[by_source[source_name(p.path)] for p in kept]]
+    images = embedded.vectors
     captions = encoder.encode_texts([prefix + p.caption for p in kept])
     scores = w * np.maximum(np.sum(images * captions, axis=1), 0)
     references = [r for p in kept for r in p.references]
@@ -183,5 +187,5 @@ def clip_scores(pairs: Sequence[Pair], model: Encoder | str | None = None, *, w:
             start += len(pair.references)
             text_score = w * max(float(np.max(block @ captions[i])), 0.0)
             ref = 0.0 if scores[i] + text_score == 0 else float(2 * scores[i] * text_score / (scores[i] + text_score))
-        results.append(PairScore(str(pair.path), pair.caption, float(scores[i]), ref))
+        results.append(PairScore(display_path(pair.path), pair.caption, float(scores[i]), ref))
     return PairScores(encoder.name, results, embedded.errors)

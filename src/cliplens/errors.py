@@ -10,6 +10,16 @@ messages never name command-line flags.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` as it can be printed and written as UTF-8: bytes of a file name that are not UTF-8 (kept by
+    Python as lone surrogates) become ``\\xNN`` escapes, as git and ls print them."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes (from JSON, say): escape the code points
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 class CliplensError(Exception):
     """Base of every error cliplens raises on purpose; ``exit_code`` is what the CLI exits with."""
 
@@ -56,12 +66,15 @@ class ModelLoadError(CliplensError):
 
 
 class ImageLoadError(CliplensError):
-    """One image could not be turned into model input; ``source`` names it and ``reason`` says why."""
+    """One image (or folder of images) could not be turned into model input: ``source`` names it, printably,
+    ``reason`` says why, and ``path`` is the file or folder itself when it is one."""
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: str, *, path: str | None = None):
+        source = printable(source)
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.path = path
 
 
 class DataError(CliplensError):

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError, ImageLoadError, UsageError
+from .files import display_path
 from .inputs.datasets import read_labelled_images
 from .inputs.pairs import read_pairs
 from .inputs.wordlists import read_text_file
@@ -340,7 +341,7 @@ def evaluate(dataset: str | os.PathLike | LabelledSet | CaptionedSet, model: Enc
     predictions = []
     for row, i in enumerate(embedded.indices):
         best = order[row, 0]
-        predictions.append({"path": str(data.paths[i]), "label": data.labels[i], "prediction": data.classes[best],
+        predictions.append({"path": display_path(data.paths[i]), "label": data.labels[i], "prediction": data.classes[best],
                             "correct": bool(best == truth[row]), "confidence": float(primary_probs[row, best]),
                             "top5": "|".join(data.classes[j] for j in order[row, :TOP_K])})
     return EvalResult(report, predictions, embedded.errors)

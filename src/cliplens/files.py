@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, printable
 
 _CHUNK = 1 << 20
 
@@ -31,6 +31,11 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("cliplens"))
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as it is printed and written in CSV and JSON: valid UTF-8, its undecodable bytes as ``\\xNN``."""
+    return printable(os.fspath(path))
 
 
 # --- atomic writes --------------------------------------------------------------------------------------
@@ -133,14 +138,28 @@ def file_sha256(path: Path) -> str:
 
 # --- outputs --------------------------------------------------------------------------------------------
 
-def _probe_writable(folder: Path, parameter: str, shown: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that holds for root, read-only mounts and ACLs."""
-    probe = _temporary_name(folder / "cliplens-write-test")
+def _write_test(folder: str | os.PathLike) -> OSError | None:
+    """Create and remove a file in ``folder``: the only test that holds for root, read-only mounts and ACLs
+    (permission bits say nothing to root). The error, or None when it worked."""
+    probe = _temporary_name(Path(folder) / "cliplens-write-test")
     try:
         probe.touch(exist_ok=False)
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write in {folder} ({exc.strerror or exc})", value=str(shown), parameter=parameter) from None
+        return exc
+    return None
+
+
+def writable(folder: str | os.PathLike) -> bool:
+    """Whether files can be made in ``folder``."""
+    return _write_test(folder) is None
+
+
+def _probe_writable(folder: Path, parameter: str, shown: Path) -> None:
+    failure = _write_test(folder)
+    if failure is not None:
+        raise OutputError(f"cannot write in {folder} ({failure.strerror or failure})", value=display_path(shown),
+                          parameter=parameter)
 
 
 def check_output_file(path: str | os.PathLike, *, parameter: str, overwrite: bool = False) -> Path:
@@ -148,12 +167,12 @@ def check_output_file(path: str | os.PathLike, *, parameter: str, overwrite: boo
     it is not a folder, and it does not exist yet unless ``overwrite``. Folders are never created."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise OutputError("is a folder; give a file name", value=str(path), parameter=parameter)
+        raise OutputError("is a folder; give a file name", value=display_path(path), parameter=parameter)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist", value=str(path), parameter=parameter)
+        raise OutputError(f"the folder {parent} does not exist", value=display_path(path), parameter=parameter)
     if path.exists() and not overwrite:
-        raise OutputError("already exists and overwriting it was not asked for", value=str(path), parameter=parameter,
+        raise OutputError("already exists and overwriting it was not asked for", value=display_path(path), parameter=parameter,
                           exists=True)
     _probe_writable(parent, parameter, path)
     return path
@@ -164,15 +183,15 @@ def check_output_folder(path: str | os.PathLike, *, parameter: str, overwrite: b
     existing folder, it holds no files yet unless ``overwrite``, and it is writable."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise OutputError("is a file; give a folder", value=str(path), parameter=parameter)
+        raise OutputError("is a file; give a folder", value=display_path(path), parameter=parameter)
     if path.is_dir():
         if not overwrite and any(path.iterdir()):
             raise OutputError("already holds files and overwriting them was not asked for",
-                              value=str(path), parameter=parameter, exists=True)
+                              value=display_path(path), parameter=parameter, exists=True)
         _probe_writable(path, parameter, path)
         return path
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist", value=str(path), parameter=parameter)
+        raise OutputError(f"the folder {parent} does not exist", value=display_path(path), parameter=parameter)
     _probe_writable(parent, parameter, path)
     return path

@@ -196,7 +196,7 @@ def test_sigkill_mid_run_loses_nothing_committed(cli, tmp_path):
     report = json.loads(rerun.stdout)
     assert report["encoded"] == 600 - survived and report["unchanged"] == survived
     with sqlite3.connect(index / "index.sqlite") as db:
-        paths = [row[0] for row in db.execute("SELECT path FROM files WHERE vector IS NOT NULL")]
+        paths = [os.fsdecode(row[0]) for row in db.execute("SELECT path FROM files WHERE vector IS NOT NULL")]
     images = {str(p.resolve()) for p in (folder / "images").rglob("*.png")}
     assert len(paths) == len(set(paths)) == 600 and set(paths) == images
 
@@ -319,3 +319,35 @@ def test_a_file_moved_over_another_replaces_it(tmp_path):
     hits = photo_index.search(image=second, top=8).hits
     assert hits[0].path == str(second.resolve()) and hits[0].score > 0.9999
     assert len(photo_index) == 7  # the replaced file's old vector left the vector index too
+
+
+def test_an_index_from_cliplens_0_1_is_upgraded_in_place_and_a_newer_one_is_refused(tmp_path):
+    """Schema 1 kept paths as text; opening it for writing turns them into bytes without re-encoding anything."""
+    from cliplens.index.store import SCHEMA_VERSION
+
+    index = tmp_path / "index"
+    index.mkdir()
+    with sqlite3.connect(index / "index.sqlite") as db:
+        db.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime_ns INTEGER,
+                sha256 TEXT, width INTEGER, height INTEGER, error TEXT, vector BLOB, gen INTEGER NOT NULL DEFAULT 0,
+                indexed_at REAL);
+            CREATE TABLE removed (id INTEGER NOT NULL, gen INTEGER NOT NULL);
+            INSERT INTO meta VALUES ('schema', '1'), ('generation', '1'), ('model', 'demo'),
+                                    ('model_fingerprint', 'f'), ('dim', '2');
+        """)
+        db.execute("INSERT INTO files (path, size, mtime_ns, vector, gen) VALUES (?, 1, 1, ?, 1)",
+                   ("/photos/café.png", np.array([1, 0], np.float32).tobytes()))
+    store = IndexStore(index)
+    try:
+        assert store.meta("schema") == str(SCHEMA_VERSION)
+        assert list(store.rows()) == ["/photos/café.png"]
+        assert store.count() == 1
+    finally:
+        store.close()
+    with sqlite3.connect(index / "index.sqlite") as db:
+        assert db.execute("SELECT typeof(path) FROM files").fetchone()[0] == "blob"
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(UsageError, match="newer cliplens"):
+        IndexStore(index)

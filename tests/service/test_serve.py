@@ -19,6 +19,8 @@ schemathesis = pytest.importorskip("schemathesis")
 import schemathesis.specs.openapi.schemas  # noqa: E402,F401  (from_asgi imports it lazily otherwise)
 from fastapi.testclient import TestClient  # noqa: E402
 
+TEST_HOSTS = ["testserver"]  # the name TestClient's requests carry (see HostMiddleware)
+
 import cliplens  # noqa: E402
 from cliplens.bench.serve import png_bytes  # noqa: E402
 from cliplens.curate import rank_vectors  # noqa: E402
@@ -44,7 +46,8 @@ def index_dir(demo_index):
 
 @pytest.fixture(scope="module")
 def client(demo_model, index_dir):
-    app = create_app(ServiceConfig(index=str(index_dir), model="demo", backend="torch", api_key=""),
+    app = create_app(ServiceConfig(index=str(index_dir), model="demo", backend="torch", api_key="",
+                                   allowed_hosts=TEST_HOSTS),
                      encoder=demo_model)
     with TestClient(app) as test_client:
         yield test_client
@@ -141,14 +144,18 @@ def test_search_the_index_by_text_and_image_with_thumbnails(client, index_dir):
     body = client.post("/v1/search", json={"query": "a red circle", "top": 5}).json()
     assert len(body["results"]) == 5
     expected = cliplens.search_index("a red circle", index_dir, top=5, model="demo")
-    assert [r["path"] for r in body["results"]] == [h.path for h in expected.hits]
+    photos = cliplens.PhotoIndex(index_dir)
+    relative = [photos.relative_path(h.path) for h in expected.hits]
+    photos.close()
+    assert [r["path"] for r in body["results"]] == relative  # never where the indexed folder is on the server
+    assert all(not Path(r["path"]).is_absolute() and r["path"].startswith("indexed-photos") for r in body["results"])
     assert {k: v for k, v in body.items() if k != "results"} == {"query": "a red circle", "score_kind": "margin"}
     for row, hit in zip(body["results"], expected.to_dict()["results"]):  # the CLI's --json fields, plus the URL
-        assert row == hit | {"thumbnail": f"/v1/thumbnails/{hit['id']}"}
+        assert row == hit | {"path": row["path"], "thumbnail": f"/v1/thumbnails/{hit['id']}"}
     thumb = client.get(body["results"][0]["thumbnail"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
-    first = Path(body["results"][0]["path"]).read_bytes()
+    first = Path(expected.hits[0].path).read_bytes()
     by_image = client.post("/v1/search", files={"image": ("q.png", first, "image/png")}, data={"top": "3"}).json()
     assert by_image["results"][0]["path"] == body["results"][0]["path"]
     _error(client.get("/v1/thumbnails/999999"), 404)
@@ -220,7 +227,7 @@ def test_request_mistakes_name_the_field(client):
 
 
 def test_uploads_over_the_limit_answer_413(demo_model):
-    app = create_app(ServiceConfig(model="demo", max_upload_mb=0.05, api_key=""), encoder=demo_model)
+    app = create_app(ServiceConfig(model="demo", max_upload_mb=0.05, api_key="", allowed_hosts=TEST_HOSTS), encoder=demo_model)
     big = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
     data = png_bytes(Image.fromarray(big))
     assert len(data) > 0.05 * 1024 * 1024
@@ -240,7 +247,7 @@ def test_uploads_over_the_limit_answer_413(demo_model):
 
 
 def test_images_over_the_pixel_limit_answer_422(demo_model):
-    app = create_app(ServiceConfig(model="demo", max_pixels=100 * 100, api_key=""), encoder=demo_model)
+    app = create_app(ServiceConfig(model="demo", max_pixels=100 * 100, api_key="", allowed_hosts=TEST_HOSTS), encoder=demo_model)
     with TestClient(app) as client:
         data = png_bytes(Image.new("RGB", (200, 200), (255, 0, 0)))
         message = _error(client.post("/v1/classify", **_form(data, "big.png", labels=LABELS)), 422)
@@ -250,7 +257,7 @@ def test_images_over_the_pixel_limit_answer_422(demo_model):
 def test_api_key_is_required_except_for_health_and_the_page(demo_model, monkeypatch):
     image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     monkeypatch.setenv("CLIPLENS_API_KEY", "s3cret")
-    app = create_app(ServiceConfig(model="demo"), encoder=demo_model)  # the key from the environment
+    app = create_app(ServiceConfig(model="demo", allowed_hosts=TEST_HOSTS), encoder=demo_model)  # the key from the environment
     with TestClient(app) as client:
         assert "API key" in _error(client.post("/v1/classify", **_form(image, labels=LABELS)), 401)
         assert "not this service's key" in _error(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)
@@ -262,16 +269,16 @@ def test_api_key_is_required_except_for_health_and_the_page(demo_model, monkeypa
 
 def test_cors_is_off_unless_configured(demo_model):
     headers = {"Origin": "https://photos.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(ServiceConfig(model="demo", api_key=""), encoder=demo_model)) as client:
+    with TestClient(create_app(ServiceConfig(model="demo", api_key="", allowed_hosts=TEST_HOSTS), encoder=demo_model)) as client:
         assert "access-control-allow-origin" not in client.options("/v1/classify", headers=headers).headers
-    config = ServiceConfig(model="demo", api_key="k", cors_origins=["https://photos.example"])
+    config = ServiceConfig(model="demo", api_key="k", cors_origins=["https://photos.example"], allowed_hosts=TEST_HOSTS)
     with TestClient(create_app(config, encoder=demo_model)) as client:
         preflight = client.options("/v1/classify", headers=headers)
         assert preflight.headers["access-control-allow-origin"] == "https://photos.example"
 
 
 def test_slow_requests_answer_504_and_the_service_recovers(demo_model):
-    app = create_app(ServiceConfig(model="demo", request_timeout=0.3, api_key=""), encoder=demo_model)
+    app = create_app(ServiceConfig(model="demo", request_timeout=0.3, api_key="", allowed_hosts=TEST_HOSTS), encoder=demo_model)
     image = Path(f"{EXAMPLES}/blue-star.png").read_bytes()
     with TestClient(app) as client:
         client.post("/v1/classify", **_form(image, labels=LABELS))  # label embeddings built
@@ -335,6 +342,8 @@ def test_fuzzing_from_the_openapi_document_finds_no_5xx(client):
         @given(case=operation.as_strategy())
         def check(case):
             response = case.call()
+            if response.status_code == 421:
+                failures.append(f"{case.method} {case.path}: the test's host was refused")
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.path}: {response.status_code} {response.text[:200]}")
             elif response.status_code >= 400:

@@ -33,19 +33,37 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``cliplens serve`` in a child process on a free localhost port; ``stop()`` sends SIGTERM (a graceful
-    shutdown) and waits."""
+    """``cliplens serve`` in a child process on a port the system picks (``--port 0``; the port it got is read
+    from the line the command prints); ``stop()`` sends SIGTERM (a graceful shutdown) and waits. Its output
+    goes to ``log`` when given."""
 
     def __init__(self, args: Sequence[str] = (), *, env: dict | None = None, log: Path | None = None,
                  ready_timeout: float = 180.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "cliplens", "serve", "--port", str(self.port), *args]
+        import threading
+
+        command = [sys.executable, "-m", "cliplens", "serve", "--port", "0", *args]
         self.log = log
-        self._log_file = open(log, "w") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT)
+        self.port = 0
+        self.url = ""
+        self._bound = threading.Event()
+        self._log_file = open(log, "w") if log else None
+        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read_output, daemon=True).start()
         self._wait_ready(ready_timeout)
+
+    def _read_output(self) -> None:
+        import re
+
+        for line in self.process.stdout:
+            if self._log_file is not None:
+                self._log_file.write(line)
+                self._log_file.flush()
+            found = re.search(r"serving on (http://\S+:(\d+))", line)
+            if found and not self._bound.is_set():
+                self.port = int(found.group(2))
+                self.url = f"http://127.0.0.1:{self.port}"
+                self._bound.set()
 
     def _wait_ready(self, timeout: float) -> None:
         import httpx
@@ -55,11 +73,12 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerError(f"cliplens serve exited with {self.process.returncode} before it was ready"
                                   + (f"; see {self.log}" if self.log else ""))
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self._bound.is_set():
+                try:
+                    if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
             time.sleep(0.2)
         self.stop()
         raise ServerError(f"cliplens serve was not ready after {timeout:g} s")
@@ -72,7 +91,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._log_file is not subprocess.DEVNULL:
+        if self._log_file is not None:
             self._log_file.close()
         return self.process.returncode
 

@@ -76,10 +76,9 @@ def calibrate_bank(bank: LabelBank, dataset: str | Path, model: Encoder | str | 
     raw = replace(bank, calibration=(0.0, 1.0, 0.0))
     captioner = Captioner(encoder, [raw])
     embedded = embed_images(data.paths, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
-    label_of = dict(zip((str(p) for p in data.paths), data.labels))
     images, rows, in_bank = [], [], 0  # rows: (log-odds, margin, fits) of every judged label
-    for name, vector in zip(embedded.sources, embedded.vectors):
-        truth = label_format.replace("{}", label_of[name])
+    for i, vector in zip(embedded.indices, embedded.vectors):
+        truth = label_format.replace("{}", data.labels[i])
         in_bank += truth in bank.labels
         judged = captioner.judge(vector, raw.name, JUDGED)
         right = np.array([c.label == truth for c in judged])

@@ -13,7 +13,7 @@ from rich.table import Table
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
-                                 WorkersOpt, add, at_least, check_output, emit_json, err, load_model_with_status,
+                                 WorkersOpt, add, at_least, check_output, emit_json, err, find_images, load_model_with_status,
                                  new_app, out, progress, rate_updater, report_skipped)
 from cliplens.errors import UsageError
 
@@ -81,12 +81,10 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS:
         raise UsageError(f"use one of {', '.join(FORMATS)}", value=str(fmt), parameter="fmt")
-    paths = cliplens.expand_paths(images)
-    if not paths:
-        raise UsageError("no images found in " + ", ".join(images), parameter="images")
+    paths, unreadable = find_images(images, "images")
     single = len(images) == 1 and len(paths) == 1 and Path(images[0]).is_file()
     captioner = _captioner(model, device, backend, precision, banks, keep_typographic)
-    captions, errors = [], []
+    captions, errors = [], list(unreadable)
     show_names = len(paths) > 1 and fmt in ("llm", "text")
     with progress("captioning") as bar:
         task = bar.add_task("captioning", total=len(paths), rate="", visible=len(paths) > 1)
@@ -102,7 +100,7 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
                 print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
             else:
                 text = result.llm() if fmt == "llm" else result.caption
-                print(f"{result.image}\t{text}" if show_names else text, flush=True)
+                print(f"{result.image}\t{text}" if show_names else text, flush=True)  # image: printable
     if fmt == "json":
         if single and captions:
             emit_json(captions[0].to_dict())

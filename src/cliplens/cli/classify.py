@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, LabelsFileOpt, ModelOpt, OverwriteOpt,
-                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output,
+                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output, find_images,
                                  emit_json, err, load_model_with_status, out, progress, rate_updater,
                                  report_skipped)
 from cliplens.cli.outputs import FORMATS, ResultWriter, format_for
@@ -66,14 +67,12 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
     check_output(output, "output", overwrite=overwrite)
     set_name = one_template_set(templates)
     many = Path(image).is_dir() or glob.has_magic(image) or output is not None or fmt is not None
-    sources = cliplens.expand_paths([image]) if many else [image]
-    if not sources:
-        raise UsageError(f"no images found in {image}", parameter="image")
+    sources, unreadable = find_images([image], "image") if many else ([image], [])
     encoder = load_model_with_status(model, device, backend, precision)
     classifier = cliplens.Classifier(label_list, encoder, template=template, templates=set_name,
                                      multi_label=multi_label, calibration=calibration, coverage=coverage)
     if many:
-        _classify_many(classifier, sources, output, fmt, as_json, batch_size, workers)
+        _classify_many(classifier, sources, unreadable, output, fmt, as_json, batch_size, workers)
         return
     result = classifier.classify(image)
     if as_json:
@@ -99,12 +98,12 @@ def _print_classification(result, coverage: Optional[float]) -> None:
         out.print(f"prediction set at {coverage:.0%} coverage: {members}", highlight=False)
 
 
-def _classify_many(classifier, sources: list, output: Optional[Path], fmt: Optional[str], as_json: bool,
-                   batch_size: Optional[int], workers: Optional[int]) -> None:
+def _classify_many(classifier, sources: list, unreadable: list, output: Optional[Path], fmt: Optional[str],
+                   as_json: bool, batch_size: Optional[int], workers: Optional[int]) -> None:
     fmt = format_for(output) if output is not None else fmt
     stream = output.open("w", newline="", encoding="utf-8") if output is not None else sys.stdout
     writer = ResultWriter(stream, fmt, classifier.labels, classifier.coverage is not None) if fmt else None
-    results, errors = [], []
+    results, errors = [], list(unreadable)
     try:
         with progress("classifying") as bar:
             task = bar.add_task("classifying", total=len(sources), rate="")
@@ -122,7 +121,7 @@ def _classify_many(classifier, sources: list, output: Optional[Path], fmt: Optio
                 elif not failed:
                     answer = (f"none of these ({item.none_of_these:.0%})" if item.is_none_of_these
                               else f"{item.top.label} ({item.top.probability:.0%})")
-                    out.print(f"{item.image}\t{answer}", highlight=False)
+                    out.print(f"{escape(item.image)}\t{answer}", highlight=False)
     finally:
         if output is not None:
             stream.close()
@@ -130,7 +129,9 @@ def _classify_many(classifier, sources: list, output: Optional[Path], fmt: Optio
         emit_json({"model": classifier.encoder.name, "results": [r.to_dict() for r in results],
                    "errors": [{"image": e.source, "reason": e.reason} for e in errors]})
     done = f" → {output}" if output is not None else ""
-    err.print(f"classified {len(sources) - len(errors)} image(s), {len(errors)} failed{done}", highlight=False)
+    failed = len(errors) - len(unreadable)
+    folders = f", {len(unreadable)} folder(s) unreadable" if unreadable else ""
+    err.print(f"classified {len(sources) - failed} image(s), {failed} failed{folders}{done}", highlight=False)
     if errors:
         raise typer.Exit(1)
 

@@ -28,9 +28,17 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 import cliplens
-from cliplens.errors import CliplensError
+from cliplens.errors import CliplensError, UsageError
 
-out = Console(soft_wrap=True)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed stdout (``| head``) ends the command quietly with success, as a Unix filter does (rich's
+        own reaction exits 1, which reads as a partial failure)."""
+        _quiet_stdout()
+        raise SystemExit(0)
+
+
+out = _Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 state = {"debug": False}
 
@@ -180,7 +188,8 @@ def parameter_names(fn: Callable) -> dict[str, tuple[str, bool]]:
 
 
 #: Remedies that another command gives, for the commands that do not have them.
-REMEDIES_ELSEWHERE = {"reindex": "cliplens index FOLDER --reindex --model MODEL"}
+REMEDIES_ELSEWHERE = {"reindex": "cliplens index FOLDER --reindex --model MODEL",
+                      "rebuild": "cliplens index FOLDER --rebuild"}
 
 
 def error_message(exc: CliplensError, names: dict[str, tuple[str, bool]] | None = None) -> str:
@@ -224,8 +233,8 @@ def command(fn):
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
             raise typer.Exit(130) from None
-        except BrokenPipeError:  # stdout closed early (| head): end quietly
-            sys.stderr.close()
+        except BrokenPipeError:  # stdout closed early (| head): end quietly, as a Unix filter does
+            _quiet_stdout()
             raise typer.Exit(0) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks without --debug
             if state["debug"]:
@@ -235,6 +244,17 @@ def command(fn):
                       "details)", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered does not fail again when Python exits."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def quiet_transformers() -> None:
@@ -256,6 +276,20 @@ def check_output(path: Optional[Path], parameter: str, *, overwrite: bool, folde
         return None
     check = cliplens.check_output_folder if folder else cliplens.check_output_file
     return check(path, parameter=parameter, overwrite=overwrite)
+
+
+def find_images(inputs, parameter: str, *, exclude=()) -> tuple[list[Path], list]:
+    """The image files under ``inputs`` (files, folders, globs) and the folders that could not be read, which
+    are reported like bad files; when nothing at all can be read, the first problem is the error."""
+    problems: list = []
+    paths = cliplens.expand_paths(inputs, exclude=exclude, problems=problems)
+    if not paths:
+        if problems:
+            raise problems[0]
+        shown = ", ".join(cliplens.display_path(i) for i in inputs)
+        raise UsageError(f"no images found in {shown}", parameter=parameter)
+    report_skipped(problems)
+    return paths, problems
 
 
 def load_model_with_status(model: Optional[str], device: Optional[str], backend: Optional[str] = None,

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
-                                 TopOpt, WorkersOpt, add, check_output, emit_json, err, load_model_with_status, out,
+                                 TopOpt, WorkersOpt, add, check_output, emit_json, find_images, err, load_model_with_status, out,
                                  progress, rate_updater, report_skipped)
 from cliplens.errors import UsageError
 
@@ -39,9 +39,7 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
     Scores are cosines with the prompt, or margins when negative prompts or re-ranking (models that ship a
     calibration, as demo does) subtract each image's best match to something else."""
     check_output(copy_to, "copy_to", overwrite=overwrite, folder=True)
-    paths = cliplens.expand_paths(images)
-    if not paths:
-        raise UsageError("no images found in " + ", ".join(images), parameter="images")
+    paths, unreadable = find_images(images, "images")
     encoder = load_model_with_status(model, device, backend, precision)
     with progress("ranking") as bar:
         task = bar.add_task("ranking", total=len(paths), rate="")
@@ -58,8 +56,8 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
         err.print(f"[dim]score: {'cosine with the prompt' if ranking.score_kind == 'similarity' else 'margin'}[/]",
                   highlight=False)
         for number, result in enumerate(ranking.results, 1):
-            out.print(f"{number:3d}  {result.score:.4f}  {escape(result.path)}", highlight=False)
-    if ranking.errors:
+            out.print(f"{number:3d}  {result.score:.4f}  {escape(cliplens.display_path(result.path))}", highlight=False)
+    if ranking.errors or unreadable:
         raise typer.Exit(1)
 
 

@@ -9,7 +9,7 @@ import typer
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
-                                 WorkersOpt, add, check_output, emit_json, err, load_model_with_status, progress,
+                                 WorkersOpt, add, check_output, emit_json, find_images, err, load_model_with_status, progress,
                                  rate_updater, report_skipped)
 from cliplens.errors import DataError, UsageError
 
@@ -39,9 +39,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
     if bool(texts) == bool(paths):
         raise UsageError("give image paths, or texts with --text or --text-file (one kind per run)")
     check_output(out_dir, "out_dir", overwrite=overwrite, folder=True)
-    sources = cliplens.expand_paths(paths, exclude=exclude or ()) if paths else []
-    if paths and not sources:
-        raise UsageError("no images found in " + ", ".join(paths), parameter="paths")
+    sources, unreadable = find_images(paths, "paths", exclude=exclude or ()) if paths else ([], [])
     encoder = load_model_with_status(model, device, backend, precision)
     if texts:
         vectors = cliplens.embed_texts(texts, encoder)
@@ -56,9 +54,10 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
                                            on_progress=rate_updater(bar, task, "img"))
         files = cliplens.write_image_embeddings(result, out_dir, dtype=dtype, overwrite=overwrite)
         report_skipped(result.errors)
-        summary = {"kind": "image", "model": encoder.name, "count": len(result.sources), "failed": len(result.errors),
+        errors = unreadable + result.errors
+        summary = {"kind": "image", "model": encoder.name, "count": len(result.sources), "failed": len(errors),
                    "dim": encoder.embed_dim, "out": str(out_dir), "files": [str(f) for f in files],
-                   "errors": [{"path": e.source, "reason": e.reason} for e in result.errors]}
+                   "errors": [{"path": e.source, "reason": e.reason} for e in errors]}
     if as_json:
         emit_json(summary)
     else:

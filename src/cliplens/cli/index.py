@@ -34,6 +34,9 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
                                             help="Glob of paths to leave out (repeatable)."),
           reindex: bool = typer.Option(False, "--reindex",
                                        help="Drop the vectors of another model and encode everything again."),
+          rebuild: bool = typer.Option(False, "--rebuild",
+                                       help="Move a damaged database aside and start again from the rows that can "
+                                            "still be read (the rest is encoded again)."),
           errors: bool = typer.Option(False, "--errors", help="List the files that could not be indexed, and why."),
           export: Optional[Path] = typer.Option(None, "--export", metavar="DIR",
                                                 help="Write the index's vectors to DIR in clip-retrieval's layout."),
@@ -55,10 +58,10 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
     if errors:
         listed = cliplens.index_errors(index)
         if as_json:
-            emit_json({"index": str(index or ""), "errors": [{"path": p, "reason": r} for p, r in listed]})
+            emit_json({"errors": [{"path": cliplens.display_path(p), "reason": r} for p, r in listed]})
         else:
             for path, reason in listed:
-                out.print(f"{escape(path)}: {escape(reason)}", highlight=False)
+                out.print(f"{escape(cliplens.display_path(path))}: {escape(reason)}", highlight=False)
             err.print(f"{len(listed)} file(s) could not be indexed", highlight=False)
         return
     if export is not None:
@@ -81,7 +84,11 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
         run = cliplens.update_index(folders, index, model, exclude=exclude or (), reindex=reindex,
                                     batch_size=batch_size, workers=workers, device=device, backend=backend,
                                     precision=precision, on_progress=rate_updater(bar, task, "img"),
-                                    on_status=lambda m: err.print(m, highlight=False), engine=engine, address=address)
+                                    on_status=lambda m: err.print(m, highlight=False), engine=engine, address=address,
+                                    rebuild=rebuild)
+    if run.recovered is not None:
+        err.print(f"rebuilt the index: kept {run.recovered.kept} rows, lost {run.recovered.lost}; the old database is "
+                  f"{cliplens.display_path(run.recovered.moved_to)}", highlight=False)
     report_skipped(run.errors)
     if as_json:
         emit_json(run.to_dict())
@@ -128,7 +135,7 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
         err.print(f"[dim]score: {'cosine with the query' if result.score_kind == 'similarity' else 'margin over each image’s best reference caption'}[/]",
                   highlight=False)
     for rank, hit in enumerate(result.hits, 1):
-        out.print(f"{rank:3d}  {hit.score:.3f}  {escape(hit.path)}", highlight=False)
+        out.print(f"{rank:3d}  {hit.score:.3f}  {escape(cliplens.display_path(hit.path))}", highlight=False)
 
 
 def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=between(0, 1),
@@ -146,8 +153,9 @@ def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE"
         emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
         return
     for number, group in enumerate(groups, 1):
-        out.print(f"group {number} ({len(group.paths)} files, similarity ≥ {group.score:.3f})", highlight=False)
+        out.print(f"group {number} ({len(group.paths)} files, each pair's similarity ≥ {group.score:.3f})",
+                  highlight=False)
         for path in group.paths:
-            out.print(f"  {escape(path)}", highlight=False)
+            out.print(f"  {escape(cliplens.display_path(path))}", highlight=False)
     err.print(f"{len(groups)} group(s) of near-duplicates among {count} images (threshold {threshold})",
               highlight=False)

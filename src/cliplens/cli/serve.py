@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import List, Optional
 
@@ -38,6 +40,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
           cors_origin: List[str] = typer.Option(None, "--cors-origin", metavar="ORIGIN",
                                                 help="Allow browser pages from this origin (repeatable; CORS is off "
                                                      "without it)."),
+          allowed_host: List[str] = typer.Option(None, "--allowed-host", metavar="NAME",
+                                                 help="Also answer requests for this host name (repeatable; by "
+                                                      "default only the address it listens on, and localhost)."),
           model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
           precision: Optional[str] = PrecisionOpt) -> None:
     """Serve the HTTP API and the web page (FastAPI on uvicorn); Ctrl-C lets requests in flight finish."""
@@ -51,18 +56,47 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
 
     if index is not None and not index.is_dir():
         raise UsageError("no such folder", value=str(index), parameter="index")
+    listener = _bind(host, port)  # a busy port or a bad address stops here, before the model loads
     config = ServiceConfig(model=model, device=device, backend=backend, precision=precision,
                            index=str(index) if index else None, api_key=api_key or None,
                            max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_batch=max_batch,
-                           max_wait_ms=max_wait_ms, request_timeout=timeout, cors_origins=list(cors_origin or []))
-    photos = open_index(config) if index is not None else None  # a bad index or model stops here, in one line
-    encoder = load_model_with_status(model or (photos.model_name if photos else None), device, backend, precision)
+                           max_wait_ms=max_wait_ms, request_timeout=timeout, cors_origins=list(cors_origin or []),
+                           host=host, allowed_hosts=list(allowed_host or []))
+    try:
+        photos = open_index(config) if index is not None else None  # a bad index or model stops here, in one line
+        encoder = load_model_with_status(model or (photos.model_name if photos else None), device, backend,
+                                         precision)
+    except BaseException:
+        listener.close()
+        raise
     app = create_app(config, encoder=encoder, photos=photos)
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         err.print(f"[yellow]warning[/]: serving on {host} without an API key: anyone who can reach it can use it",
                   highlight=False)
+    bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"cliplens serving on http://{shown}:{port} (API at /v1, docs at /docs){' with an API key' if config.api_key else ''}",
-              highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                limit_concurrency=1000)
+    key = " with an API key" if config.api_key else ""
+    err.print(f"cliplens serving on http://{shown}:{bound_port} (API at /v1, docs at /docs){key}", highlight=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30,
+                                           limit_concurrency=1000))
+    server.run(sockets=[listener])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a one-line error naming what stopped it (a busy port, say)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise UsageError(f"not an address this machine has ({exc.strerror})", value=host, parameter="host") from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError("in use by another program; choose another port (0: any free one)", value=str(port),
+                             parameter="port") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", value=str(port),
+                         parameter="port") from None
+    return listener

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -11,7 +12,7 @@ from ..errors import UsageError
 from ..models import Encoder, load_model
 from .indexer import IndexRun, index_folders
 from .photos import DuplicateGroup, PhotoIndex, QueryTerm, SearchHit, SearchResult, parse_query
-from .store import IndexStore, ModelMismatchError, default_index_dir
+from .store import DB_FILE, IndexDamagedError, IndexStore, ModelMismatchError, Recovery, default_index_dir
 from .sync import writer_lock
 from .transfer import export_embeddings, import_embeddings
 
@@ -20,25 +21,31 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
                  exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
                  workers: int | None = None, device: str | None = None, backend: str | None = None,
                  precision: str | None = None, on_progress=None, on_status=None, engine: str = "local",
-                 address: str | None = None) -> IndexRun:
+                 address: str | None = None, rebuild: bool = False) -> IndexRun:
     """Build or update the index at ``index`` (default: CLIPLENS_INDEX or the user data dir) from ``folders``.
 
     Without ``model`` the index keeps the model it was built with (a new index takes the default model).
     Another model is refused unless ``reindex``, which drops the old vectors and encodes everything again.
+    ``rebuild`` first moves a (damaged) database aside and starts a new one from the rows that can still be
+    read (see :meth:`IndexStore.rebuild`); what was lost is encoded again.
     ``engine="ray"`` decodes and encodes in a Ray Data pipeline (local, or the cluster at ``address``).
     """
     from filelock import Timeout
 
     if engine not in ("local", "ray"):
         raise UsageError("choose local or ray", value=str(engine), parameter="engine")
-    store = IndexStore(index, create=True)
+    folder = Path(index).expanduser() if index is not None else default_index_dir()
+    recovery = None
+    if rebuild and (folder / DB_FILE).exists():
+        with _locked(folder):
+            recovery = IndexStore.rebuild(folder)
+    store = IndexStore(folder, create=True)
     lock = writer_lock(store)
     try:
         lock.acquire()
     except Timeout:
         store.close()
-        raise UsageError("another `cliplens index` run is updating this index; wait for it "
-                         "to finish (searching works meanwhile)", value=str(store.folder), parameter="index") from None
+        raise _busy(folder) from None
     try:
         name = model or (store.model.name if store.model else None)
         encoder = load_model(name, device=device, backend=backend, precision=precision, on_status=on_status)
@@ -55,11 +62,34 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
                                      batch_size=batch_size or 32, backend=encoder.info.backend if cpu else backend,
                                      precision=encoder.info.precision if cpu else precision, on_status=on_status,
                                      preparer=encoder.preparer)
-        return index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,
-                             workers=workers, on_progress=on_progress, encode_batches=encode_batches)
+        run = index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,
+                            workers=workers, on_progress=on_progress, encode_batches=encode_batches)
+        run.recovered = recovery
+        return run
     finally:
         lock.release()
         store.close()
+
+
+def _busy(folder: Path) -> UsageError:
+    return UsageError("another `cliplens index` run is updating this index; wait for it to finish (searching "
+                      "works meanwhile)", value=str(folder), parameter="index")
+
+
+@contextmanager
+def _locked(folder: Path):
+    """The writer lock of the index in ``folder``, for work done before its store can be opened."""
+    from filelock import Timeout
+
+    lock = writer_lock(folder)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _busy(folder) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def search(query: str | None = None, index: str | Path | None = None, *, image: str | Path | None = None,
@@ -104,7 +134,7 @@ def import_index(index: str | Path | None, source: str | Path, model: Encoder | 
 
 
 __all__ = [
-    "DuplicateGroup", "IndexRun", "IndexStore", "ModelMismatchError", "PhotoIndex", "QueryTerm", "SearchHit",
+    "DuplicateGroup", "IndexDamagedError", "IndexRun", "IndexStore", "ModelMismatchError", "Recovery", "PhotoIndex", "QueryTerm", "SearchHit",
     "SearchResult", "default_index_dir", "export_index", "import_index", "index_errors", "index_folders",
     "parse_query", "search", "update_index",
 ]

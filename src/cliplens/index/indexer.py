@@ -42,10 +42,14 @@ class IndexRun:
     failed: int = 0
     seconds: float = 0.0
     errors: list[ImageLoadError] = field(default_factory=list)
+    recovered: object = None  # the store's Recovery when the run began by rebuilding a damaged database
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("errors", "recovered")}
         out["errors"] = [{"path": e.source, "reason": e.reason} for e in self.errors]
+        if self.recovered is not None:
+            out["recovered"] = {"moved_to": str(self.recovered.moved_to), "kept": self.recovered.kept,
+                                "lost": self.recovered.lost}
         return out
 
 
@@ -91,11 +95,15 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     for root in roots:
         if not root.is_dir():
             raise UsageError("not a folder (an index is built from folders of images)", value=str(root), parameter="folders")
-    paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude)]
-    run = IndexRun(str(store.folder), encoder.name, files=len(paths))
+    store.add_roots(str(root) for root in roots)
+    unreadable: list[ImageLoadError] = []
+    paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude, problems=unreadable)]
+    run = IndexRun(str(store.folder), encoder.name, files=len(paths), failed=len(unreadable), errors=list(unreadable))
     known = store.rows()
     found = set(paths)
-    gone = {p: row for p, row in known.items() if _under(p, roots) and p not in found}
+    # a file under a folder that could not be read now is not gone: its row (and vector) stays
+    hidden = [Path(problem.path) for problem in unreadable]
+    gone = {p: row for p, row in known.items() if _under(p, roots) and not _under(p, hidden) and p not in found}
     by_hash = {row.sha256: row for row in known.values() if row.sha256 and row.has_vector}
     todo, touch = [], []
     for path in paths:

@@ -9,6 +9,7 @@ image's best reference caption (see :meth:`PhotoIndex.search`).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..files import display_path
 from ..inputs.images import IMAGE_EXTENSIONS
 from ..models import Encoder, l2_normalize, load_model, resolve_model_dir
 from ..models.keys import checkpoint_key
@@ -55,22 +57,23 @@ class SearchResult:
     def to_dict(self) -> dict:
         """The JSON form (``--json``; the HTTP API adds each hit's thumbnail URL)."""
         return {"query": self.query, "score_kind": self.score_kind,
-                "results": [{"path": h.path, "id": h.id, "score": h.score, "similarity": h.similarity}
+                "results": [{"path": display_path(h.path), "id": h.id, "score": h.score, "similarity": h.similarity}
                             for h in self.hits]}
 
 
 @dataclass
 class DuplicateGroup:
-    """Files whose vectors are all within the threshold of the group's first file."""
+    """Files that are all near-duplicates of one another."""
 
     paths: list[str]
-    score: float  # the lowest similarity between the first file and another in the group
+    score: float  # the lowest similarity between any two files of the group
 
     def to_dict(self) -> dict:
-        return {"paths": self.paths, "score": self.score}
+        return {"paths": [display_path(p) for p in self.paths], "score": self.score}
 
 
 RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
+EXACT_LINKAGE_UP_TO = 1000  # linked candidates grouped by exact complete linkage; past this, greedy cliques
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
 
@@ -137,11 +140,13 @@ class PhotoIndex:
         from filelock import Timeout
 
         lock = writer_lock(self.store)
-        try:  # save the caught-up vector index only when no indexing run is writing it
-            lock.acquire()
-            saving = True
-        except Timeout:
-            saving = False
+        saving = False
+        if not self.store.read_only:  # save the caught-up vector index only when no indexing run is writing it
+            try:
+                lock.acquire()
+                saving = True
+            except Timeout:
+                pass
         try:
             self.vectors = sync_vector_index(self.store, save=saving)
         finally:
@@ -157,6 +162,15 @@ class PhotoIndex:
     def model_name(self) -> str:
         """The name (or folder) of the model the index was built with."""
         return self.bound.name
+
+    def relative_path(self, path: str) -> str:
+        """``path`` relative to the indexed folder holding it, starting with that folder's name
+        (``Photos/2019/beach.jpg``), so that a client is never shown where the folder is; a file from no
+        indexed folder is shown by its name alone."""
+        for root in sorted(self.store.roots, key=len, reverse=True):
+            if path.startswith(root.rstrip(os.sep) + os.sep):
+                return os.path.join(os.path.basename(root.rstrip(os.sep)), os.path.relpath(path, root))
+        return os.path.basename(path)
 
     def path_of(self, file_id: int) -> str | None:
         """The path of the indexed file with this id (as search hits name it), or None."""
@@ -249,39 +263,94 @@ class PhotoIndex:
         return SearchResult(shown, hits, "similarity" if reference is None else "margin")
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
-        """Groups of near-duplicates: files linked by similarity ≥ ``threshold`` (each to a nearest neighbour)."""
+        """Groups of near-duplicates in which *every* pair of files has similarity ≥ ``threshold`` (complete
+        linkage: a chain of look-alikes is not one group), with the group's true least similarity.
+
+        Candidates come from each file's ``neighbours`` nearest files; groups are formed within each set of
+        linked candidates from their exact pairwise similarities."""
         if not 0 < threshold <= 1:
             raise UsageError(f"must be in (0, 1] (got {threshold})", parameter="threshold")
         ids, vectors = self.store.vectors()
         if len(ids) < 2:
             return []
         scores, found = self.vectors.search(vectors, min(neighbours + 1, len(ids)))
-        parent = {int(i): int(i) for i in ids}
-
-        def root(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for row, own in enumerate(ids):
-            for score, other in zip(scores[row], found[row]):
-                if other >= 0 and other != own and score >= threshold and int(other) in parent:
-                    parent[root(int(own))] = root(int(other))
-        members: dict[int, list[int]] = {}
-        for i in ids:
-            members.setdefault(root(int(i)), []).append(int(i))
         position = {int(i): n for n, i in enumerate(ids)}
-        paths = self.store.paths(i for group in members.values() if len(group) > 1 for i in group)
+        links = [(row, position[int(other)]) for row in range(len(ids)) for score, other in zip(scores[row], found[row])
+                 if other >= 0 and int(other) in position and position[int(other)] != row and score >= threshold]
         groups = []
-        for group in members.values():
-            if len(group) < 2:
-                continue
-            group.sort(key=lambda i: paths[i])
-            first = vectors[position[group[0]]]
-            lowest = min(float(vectors[position[i]] @ first) for i in group[1:])
-            groups.append(DuplicateGroup([paths[i] for i in group], lowest))
+        for component in _components(len(ids), links):
+            for rows in complete_linkage(vectors[component], threshold):
+                members = [component[r] for r in rows]
+                sims = vectors[members] @ vectors[members].T
+                lowest = float(sims[np.triu_indices(len(members), 1)].min())
+                paths = self.store.paths(int(ids[m]) for m in members)
+                groups.append(DuplicateGroup(sorted(paths.values()), lowest))
         return sorted(groups, key=lambda g: (-len(g.paths), g.paths[0]))
 
     def close(self) -> None:
         self.store.close()
+
+
+def _components(count: int, links: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """The connected sets of more than one row under ``links`` (union-find)."""
+    parent = list(range(count))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    members: dict[int, list[int]] = {}
+    for row in range(count):
+        members.setdefault(root(row), []).append(row)
+    return [group for group in members.values() if len(group) > 1]
+
+
+def complete_linkage(vectors: np.ndarray, threshold: float) -> list[list[int]]:
+    """Groups of two or more rows of ``vectors`` in which every pair has cosine ≥ ``threshold``.
+
+    Up to :data:`EXACT_LINKAGE_UP_TO` rows: agglomerative complete linkage (the two groups whose least similar
+    pair is the most similar merge first, while it clears the threshold). Past it: greedy cliques (each row in
+    turn, by its number of look-alikes, takes those that clear the threshold with every member so far).
+    """
+    sims = np.asarray(vectors, np.float32) @ np.asarray(vectors, np.float32).T
+    n = len(sims)
+    if n > EXACT_LINKAGE_UP_TO:
+        return _greedy_cliques(sims, threshold)
+    linkage = sims.astype(np.float64)
+    np.fill_diagonal(linkage, -np.inf)
+    members = {i: [i] for i in range(n)}
+    while len(members) > 1:
+        flat = int(np.argmax(linkage))
+        a, b = divmod(flat, n)
+        if linkage[a, b] < threshold:
+            break
+        members[a] += members.pop(b)
+        linkage[a, :] = np.minimum(linkage[a, :], linkage[b, :])  # complete linkage: the least similar pair
+        linkage[:, a] = linkage[a, :]
+        linkage[a, a] = -np.inf
+        linkage[b, :] = -np.inf
+        linkage[:, b] = -np.inf
+    return [sorted(group) for group in members.values() if len(group) > 1]
+
+
+def _greedy_cliques(sims: np.ndarray, threshold: float) -> list[list[int]]:
+    close = sims >= threshold
+    np.fill_diagonal(close, False)
+    unassigned = np.ones(len(sims), bool)
+    groups = []
+    for seed in np.argsort(-close.sum(axis=1), kind="stable"):
+        if not unassigned[seed]:
+            continue
+        group = [int(seed)]
+        unassigned[seed] = False
+        for other in np.argsort(-sims[seed], kind="stable"):
+            if unassigned[other] and close[other, group].all():
+                group.append(int(other))
+                unassigned[other] = False
+        if len(group) > 1:
+            groups.append(sorted(group))
+    return groups

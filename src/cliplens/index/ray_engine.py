@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 import warnings
@@ -45,11 +46,16 @@ StatusFn = Callable[[str], None]
 def _shard_schema():
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32())), ("width", pa.int32()),
+    return pa.schema([("path", pa.binary()), ("vector", pa.list_(pa.float32())), ("width", pa.int32()),
                       ("height", pa.int32()), ("error", pa.string())])
 
 
 # --- the pipeline's stages (run in Ray workers) ------------------------------------------------------
+
+
+def _path(value) -> str:
+    """A path sent through the pipeline as the file system's bytes, as Python names files again."""
+    return os.fsdecode(value) if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 PREPARED = "prepared"  # the column (or column prefix, for items that are dicts of arrays) of prepared images
@@ -73,7 +79,7 @@ def _item(batch: dict, row: int):
 def decode_batch(batch: dict, *, preparer: ImagePreparer) -> dict:
     """Ray task: load and prepare each image exactly as ``Encoder.prepare`` does (the encoder's own
     ``preparer``); a bad one gets its reason in ``error`` and a blank image's item as a placeholder."""
-    paths = [str(p) for p in batch["path"]]
+    paths = [_path(p) for p in batch["path"]]
     items, widths, heights = [], np.zeros(len(paths), np.int32), np.zeros(len(paths), np.int32)
     errors = [""] * len(paths)  # "" = decoded
     for i, path in enumerate(paths):
@@ -87,7 +93,8 @@ def decode_batch(batch: dict, *, preparer: ImagePreparer) -> dict:
     if any(item is None for item in items):
         blank = preparer.prepare(Image.new("RGB", (64, 64), "white"))
         items = [blank if item is None else item for item in items]
-    return {"path": np.array(paths, dtype=object), **_columns(items), "width": widths, "height": heights,
+    return {"path": np.array([os.fsencode(p) for p in paths], dtype=object), **_columns(items), "width": widths,
+            "height": heights,
             "error": np.array(errors, dtype=object)}
 
 
@@ -116,7 +123,7 @@ class EncodeActor:
                 vectors[i] = vector
         ok = [not e for e in errors]
         return pa.table({
-            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
+            "path": pa.array([os.fsencode(_path(p)) for p in batch["path"]], pa.binary()),
             "vector": pa.array([None if v is None else v.tolist() for v in vectors], pa.list_(pa.float32())),
             "width": pa.array([int(w) if k else None for w, k in zip(batch["width"], ok)], pa.int32()),
             "height": pa.array([int(h) if k else None for h, k in zip(batch["height"], ok)], pa.int32()),
@@ -198,7 +205,7 @@ def _run_pipeline(paths: list[str], run_dir: Path, *, model: str, preparer: Imag
         # actors also makes its core log an error about their arguments on stderr at every run.
         actor_args = {"max_restarts": 0} if local and _takes_remote_args(ray.data.Dataset.map_batches) else {}
         status(f"encoding {len(paths)} images on Ray with {actors} model actor{'s' if actors != 1 else ''}")
-        items = [{"path": p} for p in paths]
+        items = [{"path": os.fsencode(p)} for p in paths]  # a file name's own bytes (Arrow strings are UTF-8)
         blocks = max(1, math.ceil(len(paths) / batch_size))
         if _accepts(ray.data.from_items, "override_num_blocks"):
             dataset = ray.data.from_items(items, override_num_blocks=blocks)
@@ -285,7 +292,7 @@ def _read_shards(run_dir: Path, fresh: list, batch_size: int) -> Iterator[tuple[
     files = sorted(run_dir.glob("*.parquet"))
     for shard in files:
         for record in pq.ParquetFile(shard).iter_batches(batch_size=batch_size):
-            paths = record.column("path").to_pylist()
+            paths = [_path(p) for p in record.column("path").to_pylist()]
             widths = record.column("width").to_pylist()
             heights = record.column("height").to_pylist()
             errors = record.column("error").to_pylist()

@@ -6,29 +6,38 @@ database runs in WAL mode, so searches read while an indexing run writes, and ev
 is one transaction: a killed run loses only the batch it was in. Each transaction bumps a
 *generation*; a row records the generation that wrote its vector and a deletion is logged with its
 generation, so a saved vector index catches up with exactly what changed since it was saved.
+
+File names are stored losslessly, as the bytes the file system gave (a name that is not UTF-8 is
+indexed like any other). The schema has a version: an older store is migrated in place when it is
+opened for writing, a newer one is refused. A store that can only be read (a read-only mount,
+someone else's folder) opens read-only, so it can be searched. A damaged store is reported with the
+way out, :meth:`IndexStore.rebuild`, which moves it aside and keeps every row that can still be read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
 from ..errors import UsageError
+from ..files import writable
 
 DB_FILE = "index.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2  # 1: paths as text; 2: paths as the file system's bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
+    path BLOB NOT NULL UNIQUE,
     size INTEGER,
     mtime_ns INTEGER,
     sha256 TEXT,
@@ -45,6 +54,12 @@ CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
 """
 
+# Each migration brings a store from the version before it to the version it is listed under.
+_MIGRATIONS = {
+    2: ["UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text'"],
+}
+_COLUMNS = "id, path, size, mtime_ns, sha256, width, height, error, vector, gen, indexed_at"
+
 
 def default_index_dir() -> Path:
     """``CLIPLENS_INDEX`` if set, else ``index`` in the user data dir (platformdirs)."""
@@ -58,6 +73,20 @@ def default_index_dir() -> Path:
 
 class ModelMismatchError(UsageError):
     """The index was built with another model than the one asked for."""
+
+
+class IndexDamagedError(UsageError):
+    """The index's database cannot be read; :meth:`IndexStore.rebuild` moves it aside and keeps what it can."""
+
+
+def _path_key(path: str | os.PathLike) -> bytes:
+    """How a path is stored: the file system's bytes."""
+    return os.fsencode(path)
+
+
+def _path(value) -> str:
+    """A stored path as Python names files (bytes that are not UTF-8 as lone surrogates)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -94,37 +123,164 @@ class BoundModel:
     dim: int
 
 
+@dataclass
+class Recovery:
+    """What :meth:`IndexStore.rebuild` did: where the old database went and how many rows it kept."""
+
+    moved_to: Path
+    kept: int
+    lost: int
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an SQLite error means the file is damaged (not that it is busy or the query is wrong)."""
+    text = str(exc).lower()
+    return (type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+            or "disk i/o error" in text)
+
+
+def _named(exc: sqlite3.DatabaseError, path: Path) -> Exception:
+    """A damaged database as :class:`IndexDamagedError` naming the file and the way out; other errors as they are."""
+    if _is_damage(exc):
+        return IndexDamagedError(f"the database is damaged ({exc}); rebuild the index from it (the rows that can "
+                                 "still be read are kept, the rest is encoded again)", value=str(path),
+                                 parameter="index", remedy="rebuild")
+    return exc
+
+
+class _Database:
+    """An SQLite connection whose errors name the index: damage as :class:`IndexDamagedError`, with the way out."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path):
+        self.connection, self.path = connection, path
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
+        return _named(exc, self.path)
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def run(self, sql: str, params: Sequence = ()) -> None:
+        try:
+            self.connection.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def run_many(self, sql: str, rows: Iterable[Sequence]) -> None:
+        try:
+            self.connection.executemany(sql, rows)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.connection.in_transaction
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    """A connection to the database at ``path``: read-write, or read-only (immutable when SQLite cannot even
+    make the files a reader of a WAL database needs, as on a read-only mount)."""
+    if not read_only:
+        return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    uri = "file:" + quote(os.fsencode(path.resolve()))
+    try:
+        connection = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30, isolation_level=None,
+                                     check_same_thread=False)
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+
 class IndexStore:
-    """The SQLite side of an index in ``folder`` (created on first write)."""
+    """The SQLite side of an index in ``folder``.
+
+    ``create`` makes the index when there is none, and needs write access (an indexing run). Without it
+    the store opens read-write when the folder allows it, else read-only (``read_only``), so that a
+    search works on an index it may not change.
+    """
 
     def __init__(self, folder: str | os.PathLike | None = None, *, create: bool = False):
         self.folder = Path(folder).expanduser() if folder is not None else default_index_dir()
         self.db_path = self.folder / DB_FILE
-        if not self.db_path.exists():
-            if not create:
-                raise UsageError("no index here; build one with `cliplens index DIR`",
-                                 value=str(self.folder), parameter="index")
-            self.folder.mkdir(parents=True, exist_ok=True)
+        exists = self.db_path.exists()
+        if not exists and not create:
+            raise UsageError("no index here; build one with `cliplens index FOLDER`", value=str(self.folder),
+                             parameter="index")
+        if create:
+            self._make_folder()
+        self.read_only = not writable(self.folder)
+        if create and self.read_only:
+            raise UsageError("the index folder is read-only: indexing needs write access (searching works)",
+                             value=str(self.folder), parameter="index")
         try:
-            self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives the process dying
-            if create:
-                self.db.executescript(_SCHEMA)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            self.db = _Database(_connect(self.db_path, self.read_only), self.db_path)
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"not a readable cliplens index ({exc})", value=str(self.db_path), parameter="index") from None
+            raise _named(exc, self.db_path) from None
+        if not self.read_only:
+            self.db.run("PRAGMA journal_mode=WAL")
+            self.db.run("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives the process dying
+        if create and not exists:
+            self._create_schema()
+        self._check_schema()
+
+    def _make_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot make the index folder ({exc.strerror or exc})", value=str(self.folder),
+                             parameter="index") from None
+
+    def _create_schema(self) -> None:
+        try:
+            self.db.connection.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise self.db._damaged(exc) from None
+        self.db.run("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self.db.run("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+
+    def _check_schema(self) -> None:
+        """Refuse a newer schema; bring an older one up to date (when this store may write)."""
+        found = self.db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+        if not found:
+            raise self.db._damaged(sqlite3.DatabaseError("not a cliplens index: it has no meta table"))
+        version = int(self._meta("schema") or 1)
+        if version > SCHEMA_VERSION:
+            raise UsageError(f"made by a newer cliplens (index schema {version}, this one reads up to "
+                             f"{SCHEMA_VERSION}); upgrade cliplens to use it", value=str(self.folder),
+                             parameter="index")
+        if version < SCHEMA_VERSION and not self.read_only:
+            with self.transaction():
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for sql in _MIGRATIONS.get(step, []):
+                        self.db.run(sql)
+                self._set_meta("schema", str(SCHEMA_VERSION))
 
     # --- meta --------------------------------------------------------------------------------------
 
     def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self.db.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (key, value))
+        self.db.run("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value))
+
+    def meta(self, key: str) -> str | None:
+        """A value the index keeps about itself (as text), or None."""
+        return self._meta(key)
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        """Keep values about the index (one transaction)."""
+        with self.transaction():
+            for key, value in values.items():
+                self._set_meta(key, value)
 
     @property
     def generation(self) -> int:
@@ -139,10 +295,19 @@ class IndexStore:
         return BoundModel(name, self._meta("model_fingerprint") or "", int(self._meta("dim") or 0))
 
     def bind_model(self, name: str, fingerprint: str, dim: int) -> None:
-        with self.transaction():
-            self._set_meta("model", name)
-            self._set_meta("model_fingerprint", fingerprint)
-            self._set_meta("dim", str(dim))
+        self.set_meta({"model": name, "model_fingerprint": fingerprint, "dim": str(dim)})
+
+    @property
+    def roots(self) -> list[str]:
+        """The folders the index was built from (absolute), most recently added last."""
+        return json.loads(self._meta("roots") or "[]")
+
+    def add_roots(self, folders: Iterable[str]) -> None:
+        """Remember folders the index is built from (names kept losslessly, as Python holds them)."""
+        known = self.roots
+        new = [f for f in folders if f not in known]
+        if new:
+            self.set_meta({"roots": json.dumps(known + new)})
 
     def check_model(self, name: str, fingerprint: str, *, action: str) -> None:
         """Raise :class:`ModelMismatchError` unless ``fingerprint`` is the index's model (any name for it)."""
@@ -157,17 +322,18 @@ class IndexStore:
 
     def rows(self) -> dict[str, FileRow]:
         """Every file the index knows, by path."""
-        cursor = self.db.execute("SELECT id, path, size, mtime_ns, sha256, width, height, error, "
-                                 "vector IS NOT NULL FROM files")
-        return {r[1]: FileRow(*r[:8], bool(r[8])) for r in cursor}
+        found = self.db.query("SELECT id, path, size, mtime_ns, sha256, width, height, error, "
+                              "vector IS NOT NULL FROM files")
+        return {_path(r[1]): FileRow(r[0], _path(r[1]), *r[2:8], bool(r[8])) for r in found}
 
     def count(self) -> int:
         """Files with a vector."""
-        return self.db.execute("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL").fetchone()[0]
+        return self.db.query("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL")[0][0]
 
     def errors(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
-        return list(self.db.execute("SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path"))
+        return [(_path(p), reason) for p, reason in
+                self.db.query("SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path")]
 
     def vectors(self, ids: Sequence[int] | None = None, *, since: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, vectors float32 (N, D)) of all vectors, of ``ids``, or of those written after generation ``since``."""
@@ -177,13 +343,13 @@ class IndexStore:
             for start in range(0, len(ids), 900):  # SQLite's limit on bound parameters
                 chunk = ids[start : start + 900]
                 marks = ",".join("?" * len(chunk))
-                rows += self.db.execute(f"SELECT id, vector FROM files WHERE id IN ({marks}) AND vector IS NOT NULL",
-                                        chunk).fetchall()
+                rows += self.db.query(f"SELECT id, vector FROM files WHERE id IN ({marks}) AND vector IS NOT NULL",
+                                      chunk)
         elif since is not None:
-            rows = self.db.execute("SELECT id, vector FROM files WHERE vector IS NOT NULL AND gen > ? ORDER BY id",
-                                   (since,)).fetchall()
+            rows = self.db.query("SELECT id, vector FROM files WHERE vector IS NOT NULL AND gen > ? ORDER BY id",
+                                 (since,))
         else:
-            rows = self.db.execute("SELECT id, vector FROM files WHERE vector IS NOT NULL ORDER BY id").fetchall()
+            rows = self.db.query("SELECT id, vector FROM files WHERE vector IS NOT NULL ORDER BY id")
         dim = self.model.dim if self.model else 0
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
@@ -192,7 +358,7 @@ class IndexStore:
 
     def removed_since(self, generation: int) -> np.ndarray:
         """Ids whose vectors were removed or replaced after ``generation``."""
-        rows = self.db.execute("SELECT DISTINCT id FROM removed WHERE gen > ?", (generation,)).fetchall()
+        rows = self.db.query("SELECT DISTINCT id FROM removed WHERE gen > ?", (generation,))
         return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
@@ -201,13 +367,17 @@ class IndexStore:
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            found.update(self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
+            found.update((i, _path(p)) for i, p in self.db.query(f"SELECT id, path FROM files WHERE id IN ({marks})",
+                                                                  chunk))
         return found
 
     # --- writing -----------------------------------------------------------------------------------
 
     def transaction(self):
         """A write transaction (``BEGIN IMMEDIATE``): one writer at a time, readers go on."""
+        if self.read_only:
+            raise UsageError("the index folder is read-only: indexing needs write access (searching works)",
+                             value=str(self.folder), parameter="index")
         return _Transaction(self.db, "BEGIN IMMEDIATE")
 
     def snapshot(self):
@@ -227,23 +397,24 @@ class IndexStore:
             for path in removals:
                 self._remove(path, gen)
             for row_id, row in moves:
-                replaced = self.db.execute("SELECT id FROM files WHERE path = ? AND id != ?", (row.path, row_id)).fetchone()
-                if replaced is not None:  # the moved file took the place of another: that one's vector goes
-                    self._remove(row.path, gen)
-                self.db.execute("UPDATE files SET path = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
-                                (row.path, row.size, row.mtime_ns, now, row_id))
+                key = _path_key(row.path)
+                if self.db.query("SELECT id FROM files WHERE path = ? AND id != ?", (key, row_id)):
+                    self._remove(row.path, gen)  # the moved file took the place of another: that one's vector goes
+                self.db.run("UPDATE files SET path = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
+                            (key, row.size, row.mtime_ns, now, row_id))
             for row in rows:
+                key = _path_key(row.path)
                 blob = None if row.vector is None else np.ascontiguousarray(row.vector, np.float32).tobytes()
-                old = self.db.execute("SELECT id, vector IS NOT NULL FROM files WHERE path = ?", (row.path,)).fetchone()
-                if old is not None and old[1]:
-                    self.db.execute("INSERT INTO removed VALUES (?, ?)", (old[0], gen))  # its old vector goes
-                self.db.execute(
+                old = self.db.query("SELECT id, vector IS NOT NULL FROM files WHERE path = ?", (key,))
+                if old and old[0][1]:
+                    self.db.run("INSERT INTO removed VALUES (?, ?)", (old[0][0], gen))  # its old vector goes
+                self.db.run(
                     "INSERT INTO files (path, size, mtime_ns, sha256, width, height, error, vector, gen, indexed_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
                     "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, width = excluded.width, "
                     "height = excluded.height, error = excluded.error, vector = excluded.vector, gen = excluded.gen, "
                     "indexed_at = excluded.indexed_at",
-                    (row.path, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now))
+                    (key, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now))
             self._set_meta("generation", str(gen))
         return gen
 
@@ -251,44 +422,114 @@ class IndexStore:
         """New (size, mtime) for rows whose content did not change: (id, size, mtime_ns)."""
         if updates:
             with self.transaction():
-                self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
-                                    [(size, mtime, row_id) for row_id, size, mtime in updates])
+                self.db.run_many("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                                 [(size, mtime, row_id) for row_id, size, mtime in updates])
 
     def _remove(self, path: str, gen: int) -> None:
-        row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
-        if row is not None:
-            self.db.execute("INSERT INTO removed VALUES (?, ?)", (row[0], gen))
-            self.db.execute("DELETE FROM files WHERE id = ?", (row[0],))
+        found = self.db.query("SELECT id FROM files WHERE path = ?", (_path_key(path),))
+        if found:
+            self.db.run("INSERT INTO removed VALUES (?, ?)", (found[0][0], gen))
+            self.db.run("DELETE FROM files WHERE id = ?", (found[0][0],))
 
     def reset(self) -> None:
         """Forget every file and the model (for ``--reindex`` with another model)."""
         with self.transaction():
             gen = self.generation + 1
-            self.db.execute("INSERT INTO removed SELECT id, ? FROM files", (gen,))
-            self.db.execute("DELETE FROM files")
+            self.db.run("INSERT INTO removed SELECT id, ? FROM files", (gen,))
+            self.db.run("DELETE FROM files")
             for key in ("model", "model_fingerprint", "dim"):
-                self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                self.db.run("DELETE FROM meta WHERE key = ?", (key,))
             self._set_meta("generation", str(gen))
 
     def close(self) -> None:
         self.db.close()
 
+    # --- recovery ----------------------------------------------------------------------------------
+
+    @classmethod
+    def rebuild(cls, folder: str | os.PathLike | None = None) -> Recovery:
+        """Move the index's database aside (``index.sqlite.damaged-TIME``), start a new one, and copy into it
+        every row (and the model binding) that can still be read; the vector index is rebuilt from them."""
+        folder = Path(folder).expanduser() if folder is not None else default_index_dir()
+        old = folder / DB_FILE
+        if not old.exists():
+            raise UsageError("no index here to rebuild", value=str(folder), parameter="index")
+        if not writable(folder):
+            raise UsageError("the index folder is read-only: rebuilding needs write access", value=str(folder),
+                             parameter="index")
+        aside = folder / f"{DB_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):
+            if (folder / (DB_FILE + suffix)).exists():
+                os.replace(folder / (DB_FILE + suffix), Path(str(aside) + suffix))
+        for derived in folder.glob("vectors.*"):  # made from the database: rebuilt from the new one
+            derived.unlink()
+        meta, rows, lost = _salvage(aside)
+        store = cls(folder, create=True)
+        try:
+            with store.transaction():
+                for key in ("model", "model_fingerprint", "dim"):
+                    if key in meta:
+                        store._set_meta(key, meta[key])
+                store.db.run_many(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                                  [(r[0], _path_key(_path(r[1])), *r[2:9], 1, r[10]) for r in rows])
+                store._set_meta("generation", "1")
+        finally:
+            store.close()
+        return Recovery(aside, len(rows), lost)
+
+
+def _salvage(path: Path) -> tuple[dict[str, str], list[tuple], int]:
+    """The meta values and file rows that can still be read from a damaged database, and how many rows were
+    lost (read id by id past a damaged page; a file that is no database at all gives nothing)."""
+    try:
+        db = sqlite3.connect("file:" + quote(os.fsencode(path.resolve())) + "?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return {}, [], 0
+    meta: dict[str, str] = {}
+    rows: list[tuple] = []
+    lost = 0
+    try:
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError:
+            pass
+        try:
+            ids = [r[0] for r in db.execute("SELECT id FROM files ORDER BY id").fetchall()]
+        except sqlite3.DatabaseError:
+            ids = []
+            try:  # the id index is damaged: walk the ids the table itself can give
+                high = db.execute("SELECT max(id) FROM files").fetchone()[0] or 0
+                ids = list(range(1, high + 1))
+            except sqlite3.DatabaseError:
+                pass
+        for i in ids:
+            try:
+                found = db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (i,)).fetchone()
+            except sqlite3.DatabaseError:
+                lost += 1
+                continue
+            if found is not None:
+                rows.append(found)
+    finally:
+        db.close()
+    return meta, rows, lost
+
 
 class _Transaction:
     """``BEGIN …`` … ``COMMIT`` (or ``ROLLBACK`` on error); inside another transaction it joins that one."""
 
-    def __init__(self, db: sqlite3.Connection, begin: str):
+    def __init__(self, db: _Database, begin: str):
         self.db = db
         self.begin = begin
         self.outer = False
 
     def __enter__(self):
         if not self.db.in_transaction:
-            self.db.execute(self.begin)
+            self.db.run(self.begin)
             self.outer = True
         return self
 
     def __exit__(self, kind, value, tb):
         if self.outer:
-            self.db.execute("ROLLBACK" if kind else "COMMIT")
+            self.db.run("ROLLBACK" if kind else "COMMIT")
         return False

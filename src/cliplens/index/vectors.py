@@ -554,7 +554,8 @@ class VectorIndex:
     # --- saving ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _meta_path(path: Path) -> Path:
+    def meta_path(path: Path) -> Path:
+        """The JSON file saved beside a FAISS file (kind, parameters, tombstones)."""
         return path.with_name(path.name + ".json")
 
     def save(self, path: str | os.PathLike) -> None:
@@ -568,7 +569,7 @@ class VectorIndex:
             meta = {"format": 1, "spec": self._spec, "dim": self._dim, "params": self.params, "recall": self.recall,
                     "built_for": self.built_for, "stored": int(self._index.ntotal), "faiss_bytes": tmp.stat().st_size,
                     "tombstones": self._dead.tolist(), "info": self.info}
-        atomic_write_json(self._meta_path(path), meta, indent=None)
+        atomic_write_json(self.meta_path(path), meta, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VectorIndex:
@@ -576,18 +577,18 @@ class VectorIndex:
         faiss = _require_faiss()
         path = Path(path)
         try:
-            meta = json.loads(cls._meta_path(path).read_text())
+            meta = json.loads(cls.meta_path(path).read_text())
             size = path.stat().st_size
         except (OSError, ValueError) as exc:
             raise StaleIndexError(f"{path}: no usable vector index here ({type(exc).__name__}); rebuild it") from None
         if meta.get("format") != 1 or size != meta.get("faiss_bytes"):
-            raise StaleIndexError(f"{path}: the FAISS file and {cls._meta_path(path).name} do not match; rebuild it")
+            raise StaleIndexError(f"{path}: the FAISS file and {cls.meta_path(path).name} do not match; rebuild it")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError:
             raise StaleIndexError(f"{path}: FAISS cannot read this file; rebuild it") from None
         if index.ntotal != meta["stored"] or index.d != meta["dim"]:
-            raise StaleIndexError(f"{path}: the FAISS file and {cls._meta_path(path).name} do not match; rebuild it")
+            raise StaleIndexError(f"{path}: the FAISS file and {cls.meta_path(path).name} do not match; rebuild it")
         return cls(index, meta["spec"], int(meta["dim"]), params=meta["params"], dead=np.asarray(meta["tombstones"], np.int64),
                    recall=meta["recall"], built_for=int(meta["built_for"]), info=meta.get("info"))
 

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError, UsageError
+from ..errors import ImageLoadError, UsageError, printable
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -71,9 +71,10 @@ def max_pixels() -> int:
 
 
 def source_name(source: ImageSource) -> str:
-    """A short human name for an image source, used in messages."""
+    """A short human name for an image source, used in messages and results: a path as it prints (a file name
+    that is not UTF-8 has its odd bytes escaped, see :func:`cliplens.errors.printable`)."""
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+        return printable(os.fspath(source))
     if isinstance(source, bytes):
         return f"<{len(source)} bytes>"
     return "<PIL image>"
@@ -85,15 +86,15 @@ def _read_bytes(source: ImageSource, name: str) -> bytes:
     else:
         path = Path(source)  # type: ignore[arg-type]
         if not path.exists():
-            raise ImageLoadError(name, "no such file")
+            raise ImageLoadError(name, "no such file", path=os.fspath(path))
         if path.is_dir():
-            raise ImageLoadError(name, "is a directory, not an image file")
+            raise ImageLoadError(name, "is a directory, not an image file", path=os.fspath(path))
         try:
             data = path.read_bytes()
         except PermissionError:
-            raise ImageLoadError(name, "permission denied") from None
+            raise ImageLoadError(name, "permission denied", path=os.fspath(path)) from None
         except OSError as exc:
-            raise ImageLoadError(name, f"unreadable ({exc.strerror or exc})") from None
+            raise ImageLoadError(name, f"unreadable ({exc.strerror or exc})", path=os.fspath(path)) from None
     if not data:
         raise ImageLoadError(name, "empty file")
     return data
@@ -282,11 +283,14 @@ def image_size(source: ImageSource) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude: Iterable[str] = ()) -> list[Path]:
+def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude: Iterable[str] = (),
+                 problems: list[ImageLoadError] | None = None) -> list[Path]:
     """Turn files, folders and glob patterns into a sorted list of image paths.
 
     Folders contribute files with an image extension; explicit files are kept whatever their
-    extension so that a bad one is reported rather than silently dropped.
+    extension so that a bad one is reported rather than silently dropped. A folder that cannot be read
+    is added to ``problems`` as an :class:`ImageLoadError` (whose ``path`` is the folder), like a bad
+    file, or raised when no ``problems`` list is given.
     """
     patterns = list(exclude)
     found: dict[Path, None] = {}
@@ -294,13 +298,17 @@ def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
     def keep(path: Path) -> bool:
         return not any(fnmatch(path.as_posix(), p) or fnmatch(path.name, p) for p in patterns)
 
+    def unreadable(problem: ImageLoadError) -> None:
+        if problems is None:
+            raise problem
+        problems.append(problem)
+
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            walker = path.rglob("*") if recursive else path.glob("*")
-            for child in sorted(walker):
-                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS and keep(child):
+            for child in _walk(path, recursive, unreadable):
+                if child.suffix.lower() in IMAGE_EXTENSIONS and keep(child):
                     found[child] = None
         elif path.exists():
             if keep(path):
@@ -311,8 +319,30 @@ def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
                 if child.is_file() and keep(child):
                     found[child] = None
         else:
-            raise UsageError("no such file, folder or matching glob", value=str(text), parameter="paths")
+            raise UsageError("no such file, folder or matching glob", value=printable(text), parameter="paths")
     return list(found)
+
+
+def _walk(folder: Path, recursive: bool, unreadable) -> Iterator[Path]:
+    """The files under ``folder`` in sorted order (as sorting their paths would give), not entering linked
+    folders; a folder that cannot be listed goes to ``unreadable`` instead of being skipped in silence."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as exc:
+        unreadable(ImageLoadError(os.fspath(folder), f"folder unreadable ({exc.strerror or exc})",
+                                  path=os.fspath(folder)))
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_file = not is_dir and entry.is_file()
+        except OSError:
+            continue  # it went away while we looked
+        if is_dir and recursive:
+            yield from _walk(Path(entry.path), recursive, unreadable)
+        elif is_file:
+            yield Path(entry.path)
 
 
 def iter_loaded(sources: Iterable[ImageSource], *, draft_size: int | None = None) -> Iterator[tuple[ImageSource, Image.Image | ImageLoadError]]:

@@ -62,7 +62,7 @@ def needs_torch(model_dir: Path) -> str | None:
 
 def choose_runtime(model_dir: Path, device: str | None, backend: str | None, precision: str | None) -> RuntimeChoice:
     """Check the names and pick the backend, device and (for torch) precision."""
-    from .hf import pick_device
+    from .hf import check_device, pick_device
     from .onnx import onnxruntime_available
 
     backend = backend or default_backend()
@@ -76,6 +76,8 @@ def choose_runtime(model_dir: Path, device: str | None, backend: str | None, pre
     if backend == "onnx" and precision in TORCH_ONLY:
         raise UsageError("runs on the torch backend; ONNX Runtime here runs fp32 and int8", value=precision,
                          parameter="precision")
+    if device is not None:
+        check_device(device)
     if device is None and backend == "onnx":
         device = "cpu"
     if device is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,8 +12,31 @@ import numpy as np
 from ..errors import ModelLoadError, UsageError
 from .base import Encoder, ModelInfo, empty_vectors, l2_normalize, warn_truncated
 from .preprocess import ImagePreprocessor
+from .registry import read_model_config
 
 SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}
+
+
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
+
+
+def check_device(device: str) -> str:
+    """``device`` when it names a kind of device torch knows, else a :class:`UsageError` saying which do."""
+    if not DEVICE.match(device):
+        raise UsageError("not a device: use cpu, cuda, cuda:N or mps", value=device, parameter="device")
+    return device
+
+
+def _load_error(exc: Exception, folder: Path, name: str | None) -> ModelLoadError:
+    """Why transformers could not load a checkpoint, naming the file that is damaged when it can."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if type(exc).__name__ == "SafetensorError" or "safetensors" in first.lower():
+        weights = sorted(folder.glob("*.safetensors"))
+        where = str(weights[0]) if len(weights) == 1 else f"the weights in {folder}"
+        return ModelLoadError(f"{where}: damaged or truncated ({first}); download or copy the model again",
+                              value=str(name or folder), parameter="model")
+    return ModelLoadError(f"cannot load it ({type(exc).__name__}: {first}); its files may be damaged: download or "
+                          "copy the model again", value=str(name or folder), parameter="model")
 
 
 def pick_device(device: str | None) -> str:
@@ -21,6 +44,7 @@ def pick_device(device: str | None) -> str:
     import torch
 
     if device:
+        check_device(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError("CUDA is not available on this machine", value=str(device), parameter="device")
         if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -61,10 +85,7 @@ class TransformersEncoder(Encoder):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.exists():
-            raise ModelLoadError("not a model folder (no config.json)", value=str(path), parameter="model")
-        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        model_type = read_model_config(path).get("model_type", "")
         if model_type not in SUPPORTED_TYPES:
             raise ModelLoadError(f"model type {model_type!r} is not a CLIP, SigLIP or SigLIP 2 model",
                                  value=str(name or path), parameter="model")
@@ -81,9 +102,8 @@ class TransformersEncoder(Encoder):
         try:
             self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load ({str(exc).splitlines()[0]})",
-                                 value=str(name or path), parameter="model") from None
+        except Exception as exc:  # noqa: BLE001 - damaged files raise many kinds (SafetensorError, OSError, ...)
+            raise _load_error(exc, path, name) from None
         scale = float(self.model.logit_scale.detach().exp())  # read in fp32, before any cast
         bias = getattr(self.model, "logit_bias", None)
         bias = float(bias.detach()) if bias is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +81,32 @@ def download(repo_id: str) -> Path:
         raise ModelNotFoundError(repo_id, f"the hub cannot be reached ({type(exc).__name__})") from None
 
 
+def read_model_config(folder: Path) -> dict:
+    """A model folder's ``config.json``; a missing or damaged one is a :class:`ModelLoadError` naming the file."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError("not a model folder (no config.json)", value=str(folder), parameter="model") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc})", value=str(folder),
+                             parameter="model") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is damaged: not valid JSON ({exc.msg}, line {exc.lineno}); download or copy "
+                             "the model again", value=str(folder), parameter="model") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} is damaged: not a JSON object; download or copy the model again",
+                             value=str(folder), parameter="model")
+    return config
+
+
 def resolve_model_dir(name: str | os.PathLike | None = None, *, allow_download: bool = True) -> Path:
     """The local folder holding a model: an alias, a folder, or a hub id (from the cache, else downloaded)."""
     text = os.fspath(name) if name is not None else default_model()
     target = ALIASES.get(text, text)
     path = Path(target).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelLoadError("not a model folder (no config.json)", value=str(path), parameter="model")
+        read_model_config(path)
         return path
     if path.exists():
         raise ModelLoadError("a model must be a folder in Hugging Face format, not a file", value=str(path), parameter="model")

@@ -23,7 +23,8 @@ from .engine import Engine
 from .errors import ApiError, install_error_handlers
 from .inputs import read_body
 from .metrics import ServiceMetrics
-from .middleware import ApiKeyMiddleware, MetricsMiddleware, TimeoutMiddleware, UploadLimitMiddleware
+from .middleware import (OPEN_PATHS, ApiKeyMiddleware, HostMiddleware, MetricsMiddleware, TimeoutMiddleware,
+                         UploadLimitMiddleware)
 
 log = logging.getLogger("cliplens.service")
 
@@ -75,8 +76,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                        precision=config.precision)
         if photos is not None:
             photos.use_encoder(loaded)  # one copy of the model in memory
-        metrics.set_model(loaded.name)
         engine = Engine(loaded, config, metrics, photos)
+        metrics.set_model(engine.model_name)
         state["engine"] = app.state.engine = engine
         engine.warm_up()
         log.info("serving %s", loaded.name)
@@ -84,7 +85,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         engine.close()
 
     app = FastAPI(title="cliplens", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     metrics = ServiceMetrics()
     install_error_handlers(app)
 
@@ -150,7 +151,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
     async def models():
         """The model this service runs (and its index, if any)."""
         info = engine().encoder.info
-        return {"models": [{"id": info.name, "family": info.family, "embed_dim": info.embed_dim,
+        return {"models": [{"id": engine().model_name, "family": info.family, "embed_dim": info.embed_dim,
                             "context_length": info.context_length, "score_kind": info.score_kind,
                             "backend": info.backend, "precision": info.precision, "device": info.device}],
                 "index": engine().index_info()}
@@ -158,7 +159,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
     @app.get("/healthz", response_model=schemas.HealthOut)
     async def healthz():
         """Liveness: open even when an API key is set."""
-        return {"status": "ok", "model": engine().encoder.name}
+        return {"status": "ok", "model": engine().model_name}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus():
@@ -172,6 +173,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         return FileResponse(str(web.joinpath("index.html")))
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    _add_docs(app, config)
 
     app.add_middleware(TimeoutMiddleware, seconds=config.request_timeout)
     app.add_middleware(UploadLimitMiddleware, limit=config.max_upload_bytes)
@@ -181,9 +183,48 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(HostMiddleware, hosts=config.accepted_hosts())  # outermost: before anything else runs
     app.state.config = config
     app.state.metrics = metrics
     return app
+
+
+def _add_docs(app: FastAPI, config: ServiceConfig) -> None:
+    """``/docs``: Swagger UI from files served here (it works offline), over an OpenAPI document that declares
+    the API key when the service has one."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.openapi.utils import get_openapi
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # the serve extra brings it; without it the page is left out, the document stays
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="cliplens API",
+                                       swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs/assets/swagger-ui.css",
+                                       swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            if config.api_key:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+                schema["security"] = [{"bearer": []}, {"apiKey": []}]
+                for path, operations in schema["paths"].items():
+                    if path in OPEN_PATHS:
+                        for operation in operations.values():
+                            operation["security"] = []  # open without a key
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def open_index(config: ServiceConfig) -> PhotoIndex:

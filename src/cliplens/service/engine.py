@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
@@ -16,8 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .. import (Captioner, Classifier, CliplensError, Encoder, ImageLoadError, PhotoIndex, builtin_bank_names, load_image,
-                rank_vectors, template_set_names)
+from .. import (Captioner, Classifier, CliplensError, Encoder, ImageLoadError, PhotoIndex, builtin_bank_names,
+                display_path, load_image, rank_vectors, resolve_templates, template_set_names)
 from .batching import EncoderWorker
 from .config import ServiceConfig
 from .errors import ApiError, from_library
@@ -25,9 +26,15 @@ from .inputs import Upload
 from .metrics import ServiceMetrics
 
 CLASSIFIERS_KEPT = 64  # label sets whose embeddings stay in memory
+MAX_PROMPTS = 4_096  # prompts (labels × templates) a classify request may have encoded
 CAPTIONERS_KEPT = 8
 NAMED_TEMPLATES = tuple(template_set_names())
 THUMBNAIL_SIDE = 256
+
+
+def public_name(model: str) -> str:
+    """A model's name as the service shows it: a local folder by its own name, never where it is."""
+    return os.path.basename(model.rstrip("/")) if os.path.isabs(model) else model
 
 
 class _Cache(OrderedDict):
@@ -55,6 +62,7 @@ class Engine:
     def __init__(self, encoder: Encoder, config: ServiceConfig, metrics: ServiceMetrics,
                  photos: PhotoIndex | None = None):
         self.encoder = encoder
+        self.model_name = public_name(encoder.name)  # answers name the model, never the folder it is in
         self.config = config
         self.photos = photos
         self.worker = EncoderWorker(encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
@@ -105,6 +113,14 @@ class Engine:
         if templates is not None and templates not in NAMED_TEMPLATES:
             raise ApiError(422, "invalid_field", f"templates: {templates!r} is not one of {', '.join(NAMED_TEMPLATES)}")
         key = (tuple(labels), template, templates, multi_label)
+        if key not in self._classifiers:  # new labels: their prompts are encoded in this request, so bound them
+            try:
+                prompts = len(labels) * len(resolve_templates(templates, template) or [None])
+            except CliplensError as exc:
+                raise from_library(exc) from None
+            if prompts > MAX_PROMPTS:
+                raise ApiError(422, "invalid_field", f"labels: {len(labels)} labels × {prompts // len(labels)} "
+                               f"templates are {prompts} prompts; this service encodes at most {MAX_PROMPTS} at once")
         found = self._classifiers.get_or_none(key)
         if found is None:
             found = self._classifiers.keep(key, await self._model_call(
@@ -117,7 +133,7 @@ class Engine:
         classifier = await self.classifier(labels, template, templates, multi_label)
         vectors = await self.embed_uploads([upload])
         result = (await self._model_call(lambda: classifier.score_vectors(vectors, [upload.name])))[0]
-        return result.to_dict()
+        return result.to_dict() | {"model": self.model_name}
 
     async def captioner(self, banks: Sequence[str] | None, keep_typographic: bool) -> Captioner:
         names = [name.strip() for spec in banks or () for name in spec.split(",") if name.strip()]
@@ -155,7 +171,7 @@ class Engine:
             raise ApiError(422, "invalid_field", "give images, texts or both")
         images = await self.embed_uploads(uploads)
         text_vectors = await self.worker.texts(texts) if texts else np.zeros((0, self.encoder.embed_dim))
-        return {"model": self.encoder.name, "dim": self.encoder.embed_dim,
+        return {"model": self.model_name, "dim": self.encoder.embed_dim,
                 "images": [{"name": u.name, "embedding": v.tolist()} for u, v in zip(uploads, images)],
                 "texts": [{"name": t, "embedding": v.tolist()} for t, v in zip(texts, text_vectors)]}
 
@@ -170,7 +186,8 @@ class Engine:
         result = await self._model_call(lambda: photos.search(query, image_vector=image, top=top,
                                                                threshold=threshold, files=False))
         data = result.to_dict() | {"query": shown}
-        for row in data["results"]:
+        for row, hit in zip(data["results"], result.hits):  # never where the folders are on this server
+            row["path"] = display_path(photos.relative_path(hit.path))
             row["thumbnail"] = f"/v1/thumbnails/{row['id']}"
         return data
 
@@ -197,5 +214,5 @@ class Engine:
     def index_info(self) -> dict | None:
         if self.photos is None:
             return None
-        return {"files": len(self.photos), "model": self.photos.model_name}
+        return {"files": len(self.photos), "model": public_name(self.photos.model_name)}
 

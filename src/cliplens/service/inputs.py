@@ -64,6 +64,8 @@ async def read_body(request: Request, params: Type[BaseModel], json_model: Type[
             data = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_json", "the body is not JSON this service reads: nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiError(422, "invalid_field", "body: must be a JSON object")
         body = _validated(json_model, data)

@@ -15,6 +15,7 @@ from .metrics import ServiceMetrics
 
 OPEN_PATHS = ("/healthz", "/", "/openapi.json", "/docs", "/favicon.ico")  # no key needed (the page asks for it)
 OPEN_PREFIXES = ("/static/", "/docs/")
+DRAIN_LIMIT = 64 * 1024 * 1024  # an oversized body up to this much more is read and dropped before the 413
 
 
 async def send_error(send, status: int, kind: str, message: str, headers: list | None = None) -> None:
@@ -87,8 +88,21 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+async def _drain(receive, message: dict | None, bound: int) -> None:
+    """Read and drop the rest of a request body, up to ``bound`` bytes, so that a client that sends its whole
+    body before it reads the answer (as Python's urllib does) gets to read the 413 (nginx's lingering close)."""
+    dropped = 0
+    while message is None or (message["type"] == "http.request" and message.get("more_body", False)):
+        message = await receive()
+        dropped += len(message.get("body", b""))
+        if dropped > bound:
+            return
+
+
 class UploadLimitMiddleware:
-    """Bodies over the limit answer 413: at once from Content-Length, or as soon as a streamed body passes it."""
+    """Bodies over the limit answer 413: from Content-Length before anything runs, or as soon as a streamed
+    body passes it. The rest of the body is read and dropped first (up to a bound), unless the client asked
+    with ``Expect: 100-continue`` and so has not sent it."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -96,8 +110,11 @@ class UploadLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            if headers.get(b"expect", b"").lower() != b"100-continue" and int(length) <= self.limit + DRAIN_LIMIT:
+                await _drain(receive, None, int(length))
             return await send_error(send, 413, "too_large", str(BodyTooLarge(self.limit)), [(b"connection", b"close")])
         seen = 0
 
@@ -107,10 +124,28 @@ class UploadLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    await _drain(receive, message, DRAIN_LIMIT)
                     raise BodyTooLarge(self.limit)
             return message
 
         await self.app(scope, counted, send)
+
+
+class HostMiddleware:
+    """Requests whose ``Host`` this service does not answer to get 421 (see
+    :class:`~cliplens.service.config.HostRule`): no page elsewhere reads the index through a rebound name."""
+
+    def __init__(self, app, hosts):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not self.hosts.accepts(host):
+            return await send_error(send, 421, "misdirected", f"this service does not answer to host {host!r}; "
+                                    "add that name to the hosts it is allowed to answer to")
+        await self.app(scope, receive, send)
 
 
 class TimeoutMiddleware:

@@ -7,13 +7,25 @@ Every image-taking endpoint reads either ``multipart/form-data`` (image files in
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .. import DEFAULT_TEMPLATE
 
 B64 = "base64 of the image file's bytes (a data: URL is accepted too)"
+
+# Every list and every text in a request has a bound, so no one request can hold the model (or the memory)
+# for long: each is met by a 422 naming the field. The service's own settings (max_labels, max_images)
+# may lower the label and image counts further.
+MAX_TEXT_CHARS = 1_000  # a label, prompt, query or text to embed (a model reads 64-77 tokens of it at most)
+MAX_LABELS = 1_000
+MAX_TEXTS = 256  # texts to embed in one request
+MAX_NEGATIVES = 16
+MAX_BANKS = 16
+MAX_IMAGES = 64
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -21,9 +33,9 @@ class _Strict(BaseModel):
 
 
 class ClassifyParams(_Strict):
-    labels: list[str] = Field(min_length=1, description="Candidate labels (at least one).")
-    template: str = Field(DEFAULT_TEMPLATE, description="Prompt with {} for the label; 'none' for verbatim labels.")
-    templates: Optional[str] = Field(None, description="A named prompt ensemble instead: imagenet, imagenet-7 or none.")
+    labels: list[Text] = Field(min_length=1, max_length=MAX_LABELS, description="Candidate labels (at least one).")
+    template: Text = Field(DEFAULT_TEMPLATE, description="Prompt with {} for the label; 'none' for verbatim labels.")
+    templates: Optional[Text] = Field(None, description="A named prompt ensemble instead: imagenet, imagenet-7 or none.")
     multi_label: bool = Field(False, description="Independent probability per label (several may fit).")
 
 
@@ -32,7 +44,8 @@ class ClassifyJson(ClassifyParams):
 
 
 class CaptionParams(_Strict):
-    banks: Optional[list[str]] = Field(None, description="Built-in bank names (default: the model's banks).")
+    banks: Optional[list[Text]] = Field(None, max_length=MAX_BANKS,
+                                        description="Built-in bank names (default: the model's banks).")
     keep_typographic: bool = Field(False, description="Keep labels that look read from text in the image.")
 
 
@@ -41,27 +54,27 @@ class CaptionJson(CaptionParams):
 
 
 class RankParams(_Strict):
-    prompt: str = Field(min_length=1, description="What the images should show.")
-    negative: list[str] = Field(default_factory=list, description="What they should not show.")
+    prompt: Text = Field(min_length=1, description="What the images should show.")
+    negative: list[Text] = Field(default_factory=list, max_length=MAX_NEGATIVES, description="What they should not show.")
     top: Optional[int] = Field(None, ge=1, description="Keep the best N.")
 
 
 class RankJson(RankParams):
-    images: list[str] = Field(min_length=1, description="Images, " + B64)
-    names: Optional[list[str]] = Field(None, description="A name per image, echoed in the results.")
+    images: list[str] = Field(min_length=1, max_length=MAX_IMAGES, description="Images, " + B64)
+    names: Optional[list[Text]] = Field(None, max_length=MAX_IMAGES, description="A name per image, echoed in the results.")
 
 
 class EmbedParams(_Strict):
-    texts: list[str] = Field(default_factory=list, description="Texts to embed.")
+    texts: list[Text] = Field(default_factory=list, max_length=MAX_TEXTS, description="Texts to embed.")
 
 
 class EmbedJson(EmbedParams):
-    images: list[str] = Field(default_factory=list, description="Images, " + B64)
-    names: Optional[list[str]] = Field(None, description="A name per image, echoed in the results.")
+    images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES, description="Images, " + B64)
+    names: Optional[list[Text]] = Field(None, max_length=MAX_IMAGES, description="A name per image, echoed in the results.")
 
 
 class SearchParams(_Strict):
-    query: Optional[str] = Field(None, description='Text, or arithmetic on texts: "horse" + "stripes" - "brown".')
+    query: Optional[Text] = Field(None, description='Text, or arithmetic on texts: "horse" + "stripes" - "brown".')
     top: int = Field(10, ge=1, le=1000, description="How many results (at most).")
     threshold: Optional[float] = Field(None, description="Only results whose score is at least this.")
 

@@ -1,0 +1,361 @@
+"""Fault injection: each fault happens for real (odd names on disk, unreadable and read-only folders, bytes
+overwritten in index files, damaged models, closed pipes, hostile requests), and each command answers with
+one line naming what and where, its documented exit code, no traceback, and nothing lost that was done.
+
+Permission faults need a process that permission bits apply to: as root, the command runs without the
+capabilities that let root ignore them (``setpriv``); as anyone else, as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cliplens
+from cliplens.index.photos import complete_linkage
+from cliplens.inputs.demo_data import write_demo_data
+
+from conftest import run_cli
+
+ODD = os.fsdecode(b"bad\xff\xfename.png")  # a file name that is not UTF-8, as old disks and shares have
+ODD_SHOWN = "bad\\xff\\xfename.png"  # how cliplens prints and writes it
+LABELS = ("red circle", "blue square", "green triangle")
+
+
+def _unprivileged(*args, **kwargs) -> subprocess.CompletedProcess:
+    """``cliplens ARGS`` in a process that file permissions apply to (root without its override capabilities)."""
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **kwargs.pop("env", {})}
+    return subprocess.run([*prefix, sys.executable, "-m", "cliplens.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300, **kwargs)
+
+
+def _one_line(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """The command's only line on stderr (checked for the exit code, the words and no traceback)."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith(("error:", "warning:"))]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Ten demo images in a folder (and its sub-folder 000)."""
+    write_demo_data(tmp_path / "demo", 10, seed=17)
+    return tmp_path / "demo" / "images"
+
+
+# --- files and folders ----------------------------------------------------------------------------------
+
+def test_a_file_name_that_is_not_utf8_is_processed_like_any_other(photos, tmp_path):
+    first = sorted((photos / "000").iterdir())[0]
+    shutil.copy(first, photos / "000" / ODD)
+    index = tmp_path / "index"
+    proc = run_cli("index", photos, "--index", index, "--model", "demo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["encoded"] == 11
+    found = run_cli("search", "--image", photos / "000" / ODD, "--index", index, "-k", "2", "--json")
+    assert found.returncode == 0 and ODD_SHOWN in {Path(r["path"]).name for r in json.loads(found.stdout)["results"]}
+    assert ODD_SHOWN in run_cli("search", "--image", photos / "000" / ODD, "--index", index, "-k", "2").stdout
+
+    for out in (tmp_path / "out.csv", tmp_path / "out.jsonl"):
+        proc = run_cli("classify", photos, *LABELS, "--model", "demo", "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        text = out.read_bytes().decode("utf-8")  # strictly valid UTF-8
+        if out.suffix == ".csv":
+            names = [Path(row["image"]).name for row in csv.DictReader(text.splitlines())]
+        else:
+            names = [Path(json.loads(line)["image"]).name for line in text.splitlines()]
+        assert len(names) == 11 and ODD_SHOWN in names
+
+    proc = run_cli("embed", photos, "--out", tmp_path / "emb", "--model", "demo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import pyarrow.parquet as pq
+
+    paths = pq.read_table(tmp_path / "emb" / "metadata" / "metadata_0.parquet").to_pydict()["image_path"]
+    assert len(paths) == 11 and ODD_SHOWN in {Path(p).name for p in paths}
+    assert np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy").shape[0] == 11
+
+
+def test_unreadable_folders_are_reported_like_bad_files_and_lose_nothing(photos, tmp_path):
+    locked = photos / "locked"
+    locked.mkdir()
+    shutil.copy(sorted((photos / "000").iterdir())[0], locked / "hidden.png")
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0  # 11 files, all readable
+    locked.chmod(0)
+    try:
+        proc = _unprivileged("classify", photos, *LABELS, "--model", "demo", "--format", "jsonl")
+        assert proc.returncode == 1, proc.stderr
+        assert f"skipped {locked}: folder unreadable (Permission denied)" in proc.stderr
+        assert len(proc.stdout.splitlines()) == 10  # the readable images are all classified
+        again = _unprivileged("index", photos, "--index", index, "--json")
+        assert again.returncode == 1 and "locked: folder unreadable" in again.stderr
+        assert json.loads(again.stdout)["removed"] == 0  # the hidden file keeps its row: nothing is lost
+        with sqlite3.connect(index / "index.sqlite") as db:
+            assert db.execute("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL").fetchone()[0] == 11
+        _one_line(_unprivileged("classify", locked, *LABELS, "--model", "demo"), 2, "folder unreadable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_damaged_models_and_bad_devices_are_named(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(cliplens.resolve_model_dir("demo"), model)
+    image = Path(cliplens.__file__).parent / "examples" / "blue-star.png"
+    (model / "config.json").write_text("{not json")
+    _one_line(run_cli("classify", image, *LABELS, "--model", model), 2, "--model", "config.json is damaged")
+    shutil.copy(cliplens.resolve_model_dir("demo") / "config.json", model / "config.json")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    _one_line(run_cli("classify", image, *LABELS, "--model", model), 2, "model.safetensors: damaged or truncated")
+    _one_line(run_cli("classify", image, *LABELS, "--model", "demo", "--device", "banana"), 2,
+              "--device banana: not a device")
+
+
+def test_an_index_that_cannot_be_made_or_read_is_named(photos, tmp_path):
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        _one_line(_unprivileged("index", photos, "--index", parent / "new", "--model", "demo"), 2,
+                  "--index", "cannot make the index folder")
+    finally:
+        parent.chmod(0o755)
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "index.sqlite").write_bytes(b"this is not a database " * 500)
+    line = _one_line(run_cli("search", "a red circle", "--index", index), 2, "index.sqlite", "damaged")
+    assert "cliplens index FOLDER --rebuild" in line
+    _one_line(run_cli("index", photos, "--index", index, "--model", "demo"), 2, "(pass --rebuild)")
+    proc = run_cli("index", photos, "--index", index, "--model", "demo", "--rebuild", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["recovered"]["kept"] == 0 and "rebuilt the index" in proc.stderr
+    assert any(p.name.startswith("index.sqlite.damaged-") for p in index.iterdir())  # moved aside, not deleted
+    assert run_cli("search", "a red circle", "--index", index, "--json").returncode == 0
+
+
+def test_rebuild_keeps_the_rows_a_partly_damaged_store_still_has(tmp_path):
+    write_demo_data(tmp_path / "many", 300, seed=23)
+    photos, index = tmp_path / "many" / "images", tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    database = index / "index.sqlite"
+    data = bytearray(database.read_bytes())
+    page = 4096
+    middle = (len(data) // page // 2) * page
+    data[middle + 8 : middle + page] = b"\xa5" * (page - 8)  # one table page in the middle, overwritten
+    database.write_bytes(bytes(data))
+    proc = run_cli("index", photos, "--index", index, "--model", "demo", "--rebuild", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["recovered"]["kept"] > 200 and report["recovered"]["lost"] >= 0
+    assert report["unchanged"] == report["recovered"]["kept"]  # the rows kept need no model run
+    assert report["encoded"] == 300 - report["recovered"]["kept"]  # the lost ones are encoded again
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL").fetchone()[0] == 300
+
+
+def test_a_closed_stdout_ends_commands_quietly(photos, tmp_path):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    for args in (["dedupe", "--index", index, "--threshold", "0.3"],
+                 ["classify", photos, *LABELS, "--model", "demo", "--format", "csv"],
+                 ["search", "a red circle", "--index", index, "-k", "10"]):
+        proc = subprocess.Popen([sys.executable, "-m", "cliplens.cli", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc.stdout.read(8)  # `| head -c 8`
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, (args[0], stderr)
+        assert "Traceback" not in stderr and "Broken" not in stderr and "error" not in stderr.lower(), stderr
+
+
+# --- the index -------------------------------------------------------------------------------------------
+
+def test_a_damaged_vector_index_is_caught_and_rebuilt(photos, tmp_path):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    vectors = index / "vectors.faiss"
+    data = bytearray(vectors.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 512] = b"\x7f" * 512  # overwritten in place: same size, wrong bytes
+    vectors.write_bytes(bytes(data))
+    proc = run_cli("search", "a red circle", "--index", index, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert all(-1.0 <= r["similarity"] <= 1.0 for r in json.loads(proc.stdout)["results"])
+    _one_line(proc, 0, "did not match its checksum", "rebuilt from the database")
+    dupes = json.loads(run_cli("dedupe", "--index", index, "--threshold", "0.99", "--json").stdout)
+    assert all(len(g["paths"]) < 10 for g in dupes["groups"])
+    vectors.write_bytes(bytes(data))  # damaged again: an index run repairs the saved files too
+    assert run_cli("index", photos, "--index", index).returncode == 0
+    clean = run_cli("search", "a red circle", "--index", index)
+    assert clean.returncode == 0 and "checksum" not in clean.stderr
+
+
+def test_a_read_only_index_can_be_searched_but_not_updated(photos, tmp_path):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    for path in [index, *index.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        found = _unprivileged("search", "a red circle", "--index", index, "-k", "3", "--json")
+        assert found.returncode == 0, found.stderr
+        assert len(json.loads(found.stdout)["results"]) == 3
+        assert _unprivileged("dedupe", "--index", index, "--json").returncode == 0
+        _one_line(_unprivileged("index", photos, "--index", index), 2, "--index", "read-only",
+                  "indexing needs write access")
+    finally:
+        for path in [index, *index.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_duplicate_groups_hold_only_files_that_are_all_alike():
+    """A chain a ~ b ~ c whose ends are not alike is not one group, and a group's score is its least pair."""
+    angle = np.radians([0.0, 20.0, 40.0, 90.0])  # cos 20° = 0.94, cos 40° = 0.77
+    vectors = np.stack([np.cos(angle), np.sin(angle), np.zeros(4)], axis=1).astype(np.float32)
+    groups = complete_linkage(vectors, 0.9)
+    assert groups in ([[0, 1]], [[1, 2]])
+    for group in groups:
+        sims = vectors[group] @ vectors[group].T
+        assert sims[np.triu_indices(len(group), 1)].min() >= 0.9
+
+
+def test_dedupe_reports_the_true_least_similarity_of_each_group(photos, tmp_path):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    photo_index = cliplens.PhotoIndex(index)
+    try:
+        groups = photo_index.dedupe(0.5)
+        ids, vectors = photo_index.store.vectors()
+        by_path = {p: vectors[n] for n, p in enumerate(photo_index.store.paths(ids)[int(i)] for i in ids)}
+    finally:
+        photo_index.close()
+    assert groups, "the demo images have look-alikes at 0.5"
+    for group in groups:
+        members = np.stack([by_path[p] for p in group.paths])
+        sims = members @ members.T
+        lowest = sims[np.triu_indices(len(members), 1)].min()
+        assert lowest >= 0.5 and group.score == pytest.approx(float(lowest), abs=1e-6)
+
+
+# --- set-up ----------------------------------------------------------------------------------------------
+
+def test_make_test_gets_its_browser_or_says_how_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "get-browser"
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    found = subprocess.run([script, tmp_path / "no-venv"], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "CLIPLENS_CHROMIUM": str(fake)})
+    assert found.returncode == 0 and found.stderr == ""
+    bin_dir = tmp_path / "bin"  # a PATH without apt-get, and no Chromium anywhere
+    bin_dir.mkdir()
+    for tool in ("ls", "id", "env", "bash"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    missing = subprocess.run(["bash", script, tmp_path / "no-venv"], capture_output=True, text=True,
+                             env={"PATH": str(bin_dir), "HOME": str(tmp_path), "CHROMIUM_CANDIDATES": "",
+                                  "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path / "none")})
+    assert missing.returncode == 1
+    assert len(missing.stderr.strip().splitlines()) == 1 and "needs Chromium" in missing.stderr
+
+
+# --- the service -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def service(demo_model, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from cliplens.service import ServiceConfig, create_app
+
+    root = tmp_path_factory.mktemp("served")
+    write_demo_data(root / "Holiday", 8, seed=31)
+    cliplens.update_index([root / "Holiday"], root / "index", "demo", backend="torch")
+    model = root / "models" / "my-clip"
+    shutil.copytree(cliplens.resolve_model_dir("demo"), model)
+    config = ServiceConfig(index=str(root / "index"), model=str(model), backend="torch", api_key="",
+                           allowed_hosts=["testserver"])
+    with TestClient(create_app(config)) as client:
+        yield client, root
+
+
+def test_every_list_and_text_in_a_request_has_a_limit(service):
+    client, _ = service
+    many = client.post("/v1/embed", json={"texts": ["a"] * 250_000})
+    assert many.status_code == 422 and many.json()["message"].startswith("texts:")
+    labels = client.post("/v1/classify", json={"image": "", "labels": [f"l{i}" for i in range(1001)]})
+    assert labels.status_code == 422 and labels.json()["message"].startswith("labels:")
+    long = client.post("/v1/search", json={"query": "x" * 5_000})
+    assert long.status_code == 422 and long.json()["message"].startswith("query:")
+    from cliplens.inputs.demo_data import generate
+    import io
+
+    image = io.BytesIO()
+    next(generate(1, seed=1)).image.save(image, "PNG")
+    prompts = client.post("/v1/classify", files={"image": ("x.png", image.getvalue(), "image/png")},
+                          data={"labels": [f"label {i}" for i in range(100)], "templates": "imagenet"})
+    assert prompts.status_code == 422 and "8000 prompts" in prompts.json()["message"]
+
+
+def test_hostile_bodies_are_4xx(service):
+    client, _ = service
+    nested = client.post("/v1/embed", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert nested.status_code == 400 and nested.json()["error"] == "bad_json"
+    broken = client.post("/v1/embed", content=b"--x\r\nnot a part", headers={"content-type": "multipart/form-data"})
+    assert 400 <= broken.status_code < 500
+
+
+def test_no_page_elsewhere_can_reach_it_and_no_answer_shows_server_paths(service):
+    client, root = service
+    assert client.get("/healthz", headers={"host": "photos.attacker.example"}).status_code == 421
+    assert client.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
+    body = client.post("/v1/search", json={"query": "a red circle", "top": 4}).text
+    assert str(root) not in body and "Holiday/images/" in body
+    models = client.get("/v1/models").json()
+    assert models["models"][0]["id"] == "my-clip" and str(root) not in json.dumps(models)
+    assert client.get("/healthz").json()["model"] == "my-clip"
+
+
+def test_docs_work_offline_and_declare_the_key(demo_model):
+    from fastapi.testclient import TestClient
+
+    from cliplens.service import ServiceConfig, create_app
+
+    config = ServiceConfig(model="demo", api_key="secret", allowed_hosts=["testserver"])
+    with TestClient(create_app(config, encoder=demo_model)) as client:
+        page = client.get("/docs").text
+        assert "/docs/assets/swagger-ui-bundle.js" in page and "cdn" not in page
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+        document = client.get("/openapi.json").json()
+        assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+        assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+@pytest.mark.slow
+def test_a_simple_client_reads_the_413_and_serve_names_its_real_port(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from cliplens.bench.serve import ServerProcess
+
+    with ServerProcess(["--model", "demo", "--backend", "torch", "--max-upload-mb", "1"]) as server:
+        request = urllib.request.Request(server.url + "/v1/embed", data=b"x" * (8 * 1024 * 1024),
+                                         headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=60)  # sends the whole body before it reads the answer
+        assert answer.value.code == 413 and b"upload limit" in answer.value.read()
+        busy = run_cli("serve", "--model", "demo", "--port", server.port, timeout=120)
+        _one_line(busy, 2, f"--port {server.port}", "in use")
+    log = tmp_path / "serve.log"  # ServerProcess asks for --port 0 and reads the port from what serve prints
+    with ServerProcess(["--model", "demo", "--backend", "torch"], log=log) as server:
+        assert server.port != 0 and f"serving on http://127.0.0.1:{server.port}" in log.read_text()
