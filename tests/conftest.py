@@ -92,6 +92,9 @@ def save_tiny_checkpoint(path: Path, family: str, *, seed: int, context_length: 
     model_cls(config_cls(text_config=tiny_text_config(tok, context_length, text_layers), vision_config=vision,
                          **config)).save_pretrained(path)
     tok.save_pretrained(path)
+    if family != "clip":  # as SigLIP's own tokenizers: ids only (SigLIP reads padded text without a mask)
+        settings = json.loads((path / "tokenizer_config.json").read_text())
+        (path / "tokenizer_config.json").write_text(json.dumps({**settings, "model_input_names": ["input_ids"]}))
     save_preprocessor(path, image_size, shortest_edge=family == "clip")
     return path
 

@@ -40,5 +40,5 @@ def calibrate(dataset: str | Path, model: Encoder | str | None = None, *, templa
                                                    vocabulary.kept_for(encoder, data.classes))
     calibration = fit_calibration(embedded.vectors, truth, class_vectors, reference_best, encoder.logit_scale,
                                   model=encoder.name, templates=prompt_templates, classes=data.classes,
-                                  reference=vocabulary.labels)
+                                  reference=vocabulary.labels, runtime=encoder.info.runtime)
     return CalibrationRun(calibration, embedded.errors)

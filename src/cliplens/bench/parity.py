@@ -1,45 +1,47 @@
-"""The full parity check behind ``cliplens bench parity``: every runtime against its reference."""
+"""The full parity check behind ``cliplens bench parity``: every runtime on this machine against torch fp32."""
 
 from __future__ import annotations
 
-import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..inputs.images import load_image
 from ..inputs.wordlists import imagenet_classes
-from ..models import BackendNote, load_model
-from ..models.parity import ParityResult, compare, held_out_images, record
+from ..models import load_model, resolve_model_dir
+from ..models.backend import REFERENCE, Runtime
+from ..models.machine import has_bf16_units
+from ..models.onnx import onnxruntime_available
+from ..models.parity import HELD_OUT_SEED, Verdict, probe_set
+from ..models.runtimes import measure
+
+CPU_RUNTIMES = (Runtime("onnx", "int8"), Runtime("onnx", "fp32"), Runtime("torch", "bf16"), REFERENCE)
 
 
 def check_parity(model: str | None = None, *, images: Sequence | None = None, labels: Sequence[str] | None = None,
-                 n: int = 500, bf16: bool = True, on_status=None) -> list[ParityResult]:
-    """The full check behind ``cliplens bench parity``: ONNX fp32 against torch, int8 against ONNX fp32
-    (and torch bf16 against torch fp32, for information) on ``n`` held-out images.
+                 n: int = 500, bf16: bool | None = None, on_status=None) -> list[Verdict]:
+    """Hold every CPU runtime to both contracts against torch fp32 on ``n`` held-out images and record the verdicts,
+    so ``auto`` follows them on this machine.
 
     ``images`` (PIL images or paths) default to generated scenes, ``labels`` to the demo labels for
-    generated scenes and the ImageNet classes for the caller's images. The ONNX verdicts are recorded
-    in the export, so ``--backend auto`` follows them.
+    generated scenes and the ImageNet classes for the caller's images. ``bf16`` (default: only where
+    the CPU has bf16 units) adds torch bf16, which elsewhere is emulated and slow.
     """
-    torch_fp32 = load_model(model, device="cpu", backend="torch", precision="fp32", cache=False)
-    with warnings.catch_warnings():  # an earlier failed verdict is what this check is about to redo
-        warnings.simplefilter("ignore", BackendNote)
-        onnx_fp32 = load_model(model, backend="onnx", precision="fp32", cache=False, on_status=on_status)
-        onnx_int8 = load_model(model, backend="onnx", precision="int8", cache=False, on_status=on_status)
-    if images is None:
-        images, default_labels = held_out_images(n, torch_fp32.input_size[0])
-    else:
-        images, default_labels = [load_image(im, draft_size=torch_fp32.draft_size) for im in images], list(imagenet_classes())
-    labels = list(labels) if labels else default_labels
-    results = [
-        compare(onnx_fp32, torch_fp32, images, labels, precision="fp32", source="bench parity",
-                reference_name="torch fp32"),
-        compare(onnx_int8, onnx_fp32, images, labels, precision="int8", source="bench parity",
-                reference_name="onnx fp32"),
-    ]
-    for result in results:
-        record(onnx_fp32.folder, result)
-    if bf16:
-        torch_bf16 = load_model(model, device="cpu", backend="torch", precision="bf16", cache=False)
-        results.append(compare(torch_bf16, torch_fp32, images, labels, precision="bf16", source="bench parity",
-                               reference_name="torch fp32"))
-    return results
+    folder = resolve_model_dir(model)
+    name = model or str(folder)
+    reference = load_model(str(folder), device="cpu", backend="torch", precision="fp32", cache=False)
+    opened = {REFERENCE: reference}
+    try:
+        if images is None:
+            images, default_labels = probe_set(reference.input_size[0], n, seed=HELD_OUT_SEED)
+        else:
+            images = [load_image(im, draft_size=reference.draft_size) for im in images]
+            default_labels = list(imagenet_classes())
+        runtimes = [r for r in CPU_RUNTIMES
+                    if (r.backend != "onnx" or onnxruntime_available())
+                    and (r.precision != "bf16" or (has_bf16_units() if bf16 is None else bf16))]
+        verdicts = measure(folder, name, runtimes, "cpu", source="bench parity", images=images,
+                           labels=list(labels) if labels else default_labels, opened=opened,
+                           on_status=on_status, auto=False)
+    finally:
+        for encoder in opened.values():
+            encoder.close()
+    return list(verdicts.values())

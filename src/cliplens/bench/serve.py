@@ -186,6 +186,43 @@ def send(url: str, calls: Sequence[Call], concurrency: int = 1, *, headers: dict
     return LoadResult([o for o in outcomes if o is not None], time.perf_counter() - start, concurrency)
 
 
+@dataclass(frozen=True)
+class OfflineResult:
+    """Images/s of classifying the requests' images in-process with the same model and runtime."""
+
+    images: int
+    seconds: float
+    runtime: str
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+                "runtime": self.runtime}
+
+
+def offline_classify(model: str, images: Sequence[bytes], count: int, labels: Sequence[str] = SHAPE_LABELS, *,
+                     backend: str | None = None, precision: str | None = None) -> OfflineResult:
+    """Classify ``count`` of ``images`` (cycled) with ``Classifier.classify_many``, as the service's requests do,
+    loading the model as ``cliplens serve`` does (so the runtime is the same); labels embedded before timing."""
+    from ..classify import Classifier
+    from ..models import load_model
+
+    encoder = load_model(model, backend=backend, precision=precision, cache=False)
+    classifier = Classifier(list(labels), encoder)
+    batch = [images[i % len(images)] for i in range(count)]
+    list(classifier.classify_many(batch[:8]))  # first-call costs
+    start = time.perf_counter()
+    results = list(classifier.classify_many(batch))
+    seconds = time.perf_counter() - start
+    failed = [r for r in results if isinstance(r, CliplensError)]
+    if failed:
+        raise ServerError(f"offline classification failed: {failed[0]}")
+    return OfflineResult(count, seconds, encoder.info.runtime)
+
+
 def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")

@@ -4,9 +4,10 @@ would write with transformers, on the same model and files, in alternating round
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,6 +54,20 @@ class ReferenceLoop:
             out.append((features / features.norm(dim=-1, keepdim=True)).numpy())
         return np.concatenate(out)
 
+    def classify(self, paths: Sequence[Path], prompts: Sequence[str]) -> np.ndarray:
+        """Zero-shot probabilities (N, labels) as the transformers examples compute them."""
+        from PIL import Image
+
+        out = []
+        for start in range(0, len(paths), REFERENCE_BATCH):
+            images = [Image.open(p).convert("RGB") for p in paths[start : start + REFERENCE_BATCH]]
+            with warnings.catch_warnings():  # the processor's note on max_length is about its defaults, not us
+                warnings.simplefilter("ignore")
+                inputs = self.processor(text=list(prompts), images=images, padding=True, return_tensors="pt")
+            with self.torch.no_grad():
+                out.append(self.model(**inputs).logits_per_image.softmax(dim=-1).numpy())
+        return np.concatenate(out).astype(np.float64)
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), REFERENCE_BATCH):
@@ -74,13 +89,15 @@ def _alternate(rounds: int, runs: dict[str, Callable[[], object]]) -> dict[str, 
     return seconds
 
 
-def image_throughput(paths: Sequence[Path], model: str, model_dir: Path, *, rounds: int = 2,
+def image_throughput(paths: Sequence[Path], model: str, model_dir: Path, *, rounds: int = 2, encoder=None,
                      backend: str | None = None, precision: str | None = None) -> Throughput:
-    """End-to-end images/s of ``cliplens.embed_images`` (default settings) and of :class:`ReferenceLoop`."""
-    from ..vectors.batches import embed_images
+    """End-to-end images/s of ``cliplens.embed_images`` (``encoder``, else the model as ``auto`` loads it for
+    rankings) and of :class:`ReferenceLoop`."""
     from ..models import load_model
+    from ..vectors.batches import embed_images
 
-    encoder = load_model(str(model_dir), backend=backend, precision=precision, cache=False)
+    encoder = encoder or load_model(str(model_dir), backend=backend, precision=precision, purpose="rankings",
+                                    cache=False)
     reference = ReferenceLoop(model_dir)
     warm = list(paths[:4])
     embed_images(warm, encoder), reference.embed_images(warm)  # first-call costs are not throughput
@@ -91,11 +108,48 @@ def image_throughput(paths: Sequence[Path], model: str, model_dir: Path, *, roun
                       encoder.info.backend, encoder.info.precision, rounds)
 
 
+@dataclass
+class ClassifyThroughput(Throughput):
+    """Images/s of zero-shot classification, and how far cliplens' probabilities are from the reference's."""
+
+    labels: int = 0
+    max_probability_delta: float = 0.0
+
+
+def classify_throughput(paths: Sequence[Path], labels: Sequence[str], model: str, model_dir: Path, *,
+                        rounds: int = 2, encoder=None, template: str = "a photo of a {}.") -> ClassifyThroughput:
+    """Images/s of ``cliplens.Classifier.classify_many`` and of the CLIPModel loop a transformers user writes
+    (prompts and images through CLIPProcessor, ``logits_per_image.softmax``, batch 32), and the largest
+    difference between their probabilities on the same images."""
+    from ..classify import Classifier
+    from ..models import load_model
+
+    encoder = encoder or load_model(str(model_dir), cache=False)
+    classifier = Classifier(labels, encoder, template=template)  # labels embedded once, as every cliplens run does
+    reference = ReferenceLoop(model_dir)
+    prompts = [template.replace("{}", label) for label in labels]
+    results: dict[str, np.ndarray] = {}
+
+    def ours() -> None:
+        rows = [{s.label: s.probability for s in c.labels} for c in classifier.classify_many(paths)]
+        results["cliplens"] = np.array([[row[label] for label in classifier.labels] for row in rows])
+
+    def theirs() -> None:
+        results["reference"] = reference.classify(paths, prompts)
+
+    list(classifier.classify_many(paths[:4])), reference.classify(paths[:4], prompts)  # first-call costs
+    seconds = _alternate(rounds, {"cliplens": ours, "reference": theirs})
+    total = rounds * len(paths)
+    delta = float(np.abs(results["cliplens"] - results["reference"]).max())
+    return ClassifyThroughput(model, len(paths), total / seconds["cliplens"], total / seconds["reference"],
+                              encoder.info.backend, encoder.info.precision, rounds, len(labels), delta)
+
+
 def text_throughput(texts: Sequence[str], model: str, model_dir: Path, *, rounds: int = 2,
                     backend: str | None = None, precision: str | None = None) -> Throughput:
     """Texts/s of ``cliplens.embed_texts`` and of :class:`ReferenceLoop` on the same texts."""
-    from ..vectors.batches import embed_texts
     from ..models import load_model
+    from ..vectors.batches import embed_texts
 
     encoder = load_model(str(model_dir), backend=backend, precision=precision, cache=False)
     reference = ReferenceLoop(model_dir)

@@ -293,8 +293,9 @@ def find_images(inputs, parameter: str, *, exclude=()) -> tuple[list[Path], list
 
 
 def load_model_with_status(model: Optional[str], device: Optional[str], backend: Optional[str] = None,
-                           precision: Optional[str] = None):
-    """Load a model, showing the steps of a first ONNX export (which is cached for later runs)."""
+                           precision: Optional[str] = None, purpose: str = "probabilities"):
+    """Load a model for answers of kind ``purpose``, showing the steps of a first ONNX export or runtime check
+    (both are cached for later runs)."""
     status = None
 
     def on_status(message: str) -> None:
@@ -306,13 +307,14 @@ def load_model_with_status(model: Optional[str], device: Optional[str], backend:
             status.update(message)
 
     try:
-        encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, on_status=on_status)
+        encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, purpose=purpose,
+                                      on_status=on_status)
     finally:
         if status is not None:
             status.stop()
     if status is not None:
-        err.print(f"exported {encoder.name} to ONNX ({encoder.info.precision}); later runs reuse the export",
-                  highlight=False)
+        err.print(f"{encoder.name} runs on {encoder.info.runtime} here (set up once on this machine; later runs "
+                  "reuse it)", highlight=False)
     return encoder
 
 

@@ -40,7 +40,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
         raise UsageError("give image paths, or texts with --text or --text-file (one kind per run)")
     check_output(out_dir, "out_dir", overwrite=overwrite, folder=True)
     sources, unreadable = find_images(paths, "paths", exclude=exclude or ()) if paths else ([], [])
-    encoder = load_model_with_status(model, device, backend, precision)
+    encoder = load_model_with_status(model, device, backend, precision, purpose="rankings")
     if texts:
         vectors = cliplens.embed_texts(texts, encoder)
         files = cliplens.write_text_embeddings(texts, vectors, out_dir, model=encoder.name, dtype=dtype,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -32,7 +33,17 @@ class ModelInfo:
     logit_bias: float | None
     device: str
     backend: str  # "torch" or "onnx"
-    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
+    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8" (of the image tower)
+    text_precision: str = ""  # the text tower's, when it differs ("" = the same)
+
+    def __post_init__(self):
+        if not self.text_precision:
+            object.__setattr__(self, "text_precision", self.precision)
+
+    @property
+    def runtime(self) -> str:
+        """Backend and precision, as verdicts and calibrations name them ("onnx int8")."""
+        return f"{self.backend} {self.precision}"
 
 
 class TextTruncatedWarning(UserWarning):

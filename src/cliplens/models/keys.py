@@ -25,7 +25,7 @@ def checkpoint_key(folder: str | os.PathLike) -> str:
     files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern)
                     if p.is_file() and not p.name.startswith("cliplens_")})
     for path in files:
-        h.update(f"{path.name}\0{file_sha256(path)}\0".encode())
+        h.update(os.fsencode(path.name) + f"\0{file_sha256(path)}\0".encode())
     return h.hexdigest()[:32]
 
 
@@ -35,4 +35,6 @@ def output_key(encoder) -> str:
     folder = Path(info.path)
     content = checkpoint_key(folder) if folder.is_dir() else info.name
     text = f"{content}\0{info.backend}\0{info.precision}\0{info.embed_dim}"
+    if info.text_precision != info.precision:  # ONNX int8 embeds texts in fp32
+        text += f"\0texts {info.text_precision}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]

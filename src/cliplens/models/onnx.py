@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class OnnxEncoder(Encoder):
             name=name, path=str(model_path or meta["source"]), family=meta["family"], embed_dim=int(meta["embed_dim"]),
             context_length=self.context_length, score_kind=meta["score_kind"], logit_scale=float(meta["logit_scale"]),
             logit_bias=None if meta["logit_bias"] is None else float(meta["logit_bias"]),
-            device=device, backend="onnx", precision=precision,
+            device=device, backend="onnx", precision=precision, text_precision="fp32",
         )
 
     def session(self, tower: str):

@@ -1,8 +1,9 @@
 """What an ONNX export holds and where: the files :mod:`.export` writes and :mod:`.onnx` reads.
 
-An export lives in ``<cache>/onnx/<checkpoint key>/``: the towers (``image.fp32.onnx``, ``text.int8.onnx``,
-...), the tokenizer as a ``tokenizers`` file, the preprocessor config, ``export.json`` with what the
-runtime needs (family, scale, bias, context length) and ``parity.json`` with the parity verdicts.
+An export lives in ``<cache>/onnx/<checkpoint key>/``: the towers (``image.fp32.onnx``, ``text.fp32.onnx``,
+``image.int8.onnx``), the tokenizer as a ``tokenizers`` file, the preprocessor config and
+``export.json`` with what the runtime needs (family, scale, bias, context length). Reduced
+precisions apply to the image tower only: texts always run in fp32.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def export_folder(model_dir: str | Path) -> Path:
 
 
 def tower_file(folder: Path, tower: str, precision: str) -> Path:
-    """The ONNX file of one tower at one precision."""
-    return folder / f"{tower}.{precision}.onnx"
+    """The ONNX file one tower runs at ``precision`` (the text tower always runs in fp32)."""
+    return folder / f"{tower}.{'fp32' if tower == 'text' else precision}.onnx"
 
 
 def has_export(folder: Path, precision: str) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -71,6 +72,7 @@ class Calibration:
     scores: list[float] = field(default_factory=list)  # conformal scores 1 - p(true), ascending
     report: dict = field(default_factory=dict)
     source: str = ""  # the file it was read from
+    runtime: str = ""  # the runtime it was fitted with ("torch fp32", "onnx int8"); "" when not recorded
 
     def quantile(self, coverage: float) -> float:
         """The split-conformal threshold on ``1 - p`` for a prediction set with this coverage."""
@@ -106,7 +108,7 @@ class Calibration:
             return cls(model=data["model"], templates=data["templates"], classes=list(data["classes"]),
                        reference=list(data["reference"]), temperature=float(data["temperature"]),
                        detector=FitDetector(**data["detector"]), scores=[float(s) for s in data["scores"]],
-                       report=dict(data.get("report", {})), source=str(path))
+                       report=dict(data.get("report", {})), source=str(path), runtime=str(data.get("runtime", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})") from None
 
@@ -203,7 +205,7 @@ def _offered_sets(logits: np.ndarray, truth: np.ndarray, rng: np.random.Generato
 
 def fit_calibration(image_vectors: np.ndarray, truth: Sequence[int], class_vectors: np.ndarray,
                     reference_best: np.ndarray, logit_scale: float, *, model: str, templates: list[str] | None,
-                    classes: list[str], reference: list[str], seed: int = 0) -> Calibration:
+                    classes: list[str], reference: list[str], runtime: str = "", seed: int = 0) -> Calibration:
     """Fit temperature, fit detector and conformal scores from embedded, labelled images."""
     truth = np.asarray(truth)
     if len(classes) < 2:
@@ -228,7 +230,7 @@ def fit_calibration(image_vectors: np.ndarray, truth: Sequence[int], class_vecto
 
     scores = np.sort(1.0 - after[rows, truth]).tolist()
     calibration = Calibration(model=model, templates=templates, classes=list(classes), reference=list(reference),
-                              temperature=temperature, detector=detector, scores=scores)
+                              temperature=temperature, detector=detector, scores=scores, runtime=runtime)
     sets = {}
     for coverage in REPORTED_COVERAGES:
         q = calibration.quantile(coverage)
@@ -246,6 +248,34 @@ def fit_calibration(image_vectors: np.ndarray, truth: Sequence[int], class_vecto
     return calibration
 
 
+class CalibrationNote(UserWarning):
+    """A calibration is applied to answers from another runtime than the one it was fitted with."""
+
+
+_noted: set[tuple[str, str]] = set()
+
+
+def _full_precision(runtime: str) -> bool:
+    return runtime.endswith(" fp32")
+
+
+def note_runtime(calibration: Calibration, runtime: str) -> None:
+    """Warn once when ``calibration`` was fitted with a runtime whose answers may differ from ``runtime``'s.
+
+    fp32 runtimes give the same answers (within 1e-4), so only a reduced precision on either side is noted.
+    """
+    fitted = calibration.runtime
+    if not fitted or fitted == runtime or (_full_precision(fitted) and _full_precision(runtime)):
+        return
+    key = (calibration.source or calibration.model, runtime)
+    if key in _noted:
+        return
+    _noted.add(key)
+    where = calibration.source or "this calibration"
+    warnings.warn(f"{where} was fitted with {fitted} and is applied to {runtime}, whose probabilities may differ; "
+                  "fit it again with this runtime for exact figures", CalibrationNote, stacklevel=3)
+
+
 def default_calibration(model_path: str | Path) -> Calibration | None:
     """The calibration shipped beside a model's weights (as the demo model has), if any."""
     path = Path(model_path) / CALIBRATION_FILE
@@ -258,11 +288,15 @@ def resolve_calibration(calibration: Calibration | str | os.PathLike | bool | No
     if calibration is False:
         return None
     if calibration is None:
-        return default_calibration(encoder.info.path)
+        calibration = default_calibration(encoder.info.path)
+        if calibration is not None:
+            note_runtime(calibration, encoder.info.runtime)
+        return calibration
     if not isinstance(calibration, Calibration):
         calibration = Calibration.load(calibration)
     if calibration.model != encoder.name and Path(calibration.model).resolve() != Path(encoder.info.path).resolve():
         raise UsageError(f"{calibration.source or 'this calibration'} was fitted for model {calibration.model!r}, "
                          f"but this run uses {encoder.name!r}; calibrate this model with `cliplens calibrate`",
                          parameter="calibration")
+    note_runtime(calibration, encoder.info.runtime)
     return calibration

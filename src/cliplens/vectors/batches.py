@@ -93,7 +93,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
 
     With ``skip_errors=False`` the first bad image raises its :class:`ImageLoadError`.
     """
-    encoder = as_encoder(model, device)
+    encoder = as_encoder(model, device, purpose="rankings")
     sources = list(images)
     batch_size = batch_size or encoder.image_batch_size
     workers = workers if workers is not None else default_workers()
@@ -122,4 +122,4 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
 
 def embed_texts(texts: Iterable[str], model: Encoder | str | None = None, *, device: str | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings (N, D) of texts."""
-    return as_encoder(model, device).encode_texts(list(texts))
+    return as_encoder(model, device, purpose="rankings").encode_texts(list(texts))
