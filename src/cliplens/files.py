@@ -16,7 +16,7 @@ import shutil
 import uuid
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from .errors import OutputError, printable
 
@@ -112,10 +112,21 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 # --- content hashes -------------------------------------------------------------------------------------
 
+def hash_files(paths: str | os.PathLike | Iterable[str | os.PathLike], hasher=None) -> str:
+    """The hex digest of a file's bytes (or of several files' bytes one after the other), read in chunks:
+    SHA-256, or the ``hashlib`` object ``hasher``."""
+    h = hasher if hasher is not None else hashlib.sha256()
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, remembered per (path, size, mtime) so a large checkpoint is read once."""
     stat = path.stat()
-    memo = cache_dir() / "hashes" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+    memo = cache_dir() / "hashes" / (hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32] + ".json")
     stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     try:
         saved = json.loads(memo.read_text())
@@ -123,11 +134,7 @@ def file_sha256(path: Path) -> str:
             return str(saved["sha256"])
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = hash_files(path)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(memo, {"stamp": stamp, "sha256": digest}, indent=None)
@@ -158,7 +165,7 @@ def writable(folder: str | os.PathLike) -> bool:
 def _probe_writable(folder: Path, parameter: str, shown: Path) -> None:
     failure = _write_test(folder)
     if failure is not None:
-        raise OutputError(f"cannot write in {folder} ({failure.strerror or failure})", value=display_path(shown),
+        raise OutputError(f"cannot write in {display_path(folder)} ({failure.strerror or failure})", value=display_path(shown),
                           parameter=parameter)
 
 
@@ -170,12 +177,22 @@ def check_output_file(path: str | os.PathLike, *, parameter: str, overwrite: boo
         raise OutputError("is a folder; give a file name", value=display_path(path), parameter=parameter)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist", value=display_path(path), parameter=parameter)
+        raise OutputError(f"the folder {display_path(parent)} does not exist", value=display_path(path), parameter=parameter)
     if path.exists() and not overwrite:
         raise OutputError("already exists and overwriting it was not asked for", value=display_path(path), parameter=parameter,
                           exists=True)
     _probe_writable(parent, parameter, path)
     return path
+
+
+def _holds_files(folder: Path, parameter: str) -> bool:
+    """Whether ``folder`` holds anything; a folder that cannot be listed is an output that cannot be used."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError as exc:
+        raise OutputError(f"cannot list it ({exc.strerror or exc})", value=display_path(folder),
+                          parameter=parameter) from None
 
 
 def check_output_folder(path: str | os.PathLike, *, parameter: str, overwrite: bool = False) -> Path:
@@ -185,13 +202,13 @@ def check_output_folder(path: str | os.PathLike, *, parameter: str, overwrite: b
     if path.exists() and not path.is_dir():
         raise OutputError("is a file; give a folder", value=display_path(path), parameter=parameter)
     if path.is_dir():
-        if not overwrite and any(path.iterdir()):
+        if not overwrite and _holds_files(path, parameter):
             raise OutputError("already holds files and overwriting them was not asked for",
                               value=display_path(path), parameter=parameter, exists=True)
         _probe_writable(path, parameter, path)
         return path
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist", value=display_path(path), parameter=parameter)
+        raise OutputError(f"the folder {display_path(parent)} does not exist", value=display_path(path), parameter=parameter)
     _probe_writable(parent, parameter, path)
     return path

@@ -351,3 +351,24 @@ def test_an_index_from_cliplens_0_1_is_upgraded_in_place_and_a_newer_one_is_refu
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(UsageError, match="newer cliplens"):
         IndexStore(index)
+
+
+def test_content_hashes_share_one_chunked_reader(tmp_path):
+    """The vector index's checksum, model files' SHA-256 and the embedding cache's keys all read files through
+    cliplens.files.hash_files: one file or several in turn, in chunks, with the hash each asks for."""
+    import hashlib
+
+    from cliplens.files import file_sha256, hash_files
+    from cliplens.index.sync import checksum
+    from cliplens.vectors.cache import file_key
+
+    vectors = tmp_path / "vectors.faiss"
+    vectors.write_bytes(os.urandom(3 << 20))  # more than one chunk
+    (tmp_path / "vectors.faiss.json").write_bytes(b'{"kind": "Flat"}')
+    whole = vectors.read_bytes() + b'{"kind": "Flat"}'
+    assert checksum(vectors) == hash_files([vectors, tmp_path / "vectors.faiss.json"]) == \
+        hashlib.sha256(whole).hexdigest()
+    assert file_sha256(vectors) == hashlib.sha256(vectors.read_bytes()).hexdigest()
+    assert file_key(vectors) == hashlib.blake2b(vectors.read_bytes(), digest_size=16).hexdigest()
+    (tmp_path / "vectors.faiss.json").unlink()
+    assert checksum(vectors) is None  # a missing part: no checksum

@@ -11,18 +11,17 @@ approximate search or when it says a rebuild is due.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..files import hash_files
 from .store import IndexStore
 from .vectors import VectorIndex, choose_spec
 
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "index.lock"
-_CHUNK = 1 << 20
 
 
 class IndexRepairNote(UserWarning):
@@ -44,15 +43,10 @@ def _exact(spec: str) -> bool:
 
 def checksum(path: Path) -> str | None:
     """SHA-256 of the vector index's files (the FAISS file and its JSON), or None when one is missing."""
-    h = hashlib.sha256()
     try:
-        for part in (path, VectorIndex.meta_path(path)):
-            with part.open("rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    h.update(chunk)
+        return hash_files([path, VectorIndex.meta_path(path)])
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _load_checked(store: IndexStore, *, alone: bool) -> tuple[VectorIndex | None, int]:

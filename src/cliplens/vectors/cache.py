@@ -22,12 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ImageLoadError
-from ..files import atomic_save_npy, atomic_write_json, cache_dir
+from ..files import atomic_save_npy, atomic_write_json, cache_dir, hash_files
 from ..models import Encoder
 from ..models.keys import output_key
 from .batches import default_workers, iter_encoded_batches
 
-_CHUNK = 1 << 20
 MAX_SHARDS = 16  # more than this and the next write merges them into one
 
 
@@ -47,16 +46,12 @@ class CachedEmbeddings:
 
 def file_key(path: str | os.PathLike) -> str:
     """A content hash of one image file (BLAKE2b, 128 bits); an unreadable file raises ImageLoadError."""
-    h = hashlib.blake2b(digest_size=16)
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
+        return hash_files(path, hashlib.blake2b(digest_size=16))
     except FileNotFoundError:
         raise ImageLoadError(str(path), "no such file") from None
     except OSError as exc:
         raise ImageLoadError(str(path), f"cannot read ({exc.strerror or exc})") from None
-    return h.hexdigest()
 
 
 class EmbeddingStore:
