@@ -87,7 +87,7 @@ def parse_class_set(text: str, name: str, source: str = "") -> ClassSet:
 def read_class_set(path: str | os.PathLike, parameter: str = "classes") -> ClassSet:
     """A class file (see :func:`parse_class_set`); ``parameter`` names the argument that gave it, for errors."""
     path = Path(path)
-    return parse_class_set(read_text_file(path, parameter), path.stem, str(path))
+    return parse_class_set(read_text_file(path, parameter), display_path(path.stem), display_path(path))
 
 
 @dataclass
@@ -104,7 +104,7 @@ def read_audit_images(path: str | os.PathLike, groups: Sequence[str], path_colum
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such file (give a CSV with a {path_column!r} column and one column per "
-                         "attribute)", value=str(path), parameter="images_csv")
+                         "attribute)", value=display_path(path), parameter="images_csv")
     if not groups:
         raise UsageError("give at least one column of the CSV to group images by (e.g. gender)", parameter="groups")
     try:
@@ -134,7 +134,7 @@ def read_audit_images(path: str | os.PathLike, groups: Sequence[str], path_colum
             values[spec].append(" / ".join(parts) if all(parts) else "")
     if not paths:
         raise DataError(f"{path}: holds no images")
-    return AuditImages(str(path), paths, values)
+    return AuditImages(display_path(path), paths, values)
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def audit(images_csv: str | os.PathLike | AuditImages, model: Encoder | str | No
             table = group_table(pred[mask], index[mask], [g["group"] for g in info["groups"]], cs, draws=bootstrap,
                                 confidence=confidence, rng=rng)
             by_column.append({"column": info["column"], **table})
-        results.append({"name": cs.name, "source": cs.source,
+        results.append({"name": cs.name, "source": display_path(cs.source),
                         "classes": [{"name": c, "harmful": c in cs.harmful} for c in cs.classes],
                         "overall": [{"class": c, "rate": float((pred == i).mean())} for i, c in enumerate(cs.classes)],
                         "by_column": by_column})
@@ -227,7 +227,7 @@ def audit(images_csv: str | os.PathLike | AuditImages, model: Encoder | str | No
         shifts.append({"from": sets[0].name, "to": cs.name, "by_column": by_column})
     report = {
         "format": FORMAT, "model": encoder.name, "backend": encoder.info.backend, "precision": encoder.info.precision,
-        "dataset": data.source, "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "dataset": display_path(data.source), "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "images": len(embedded.indices), "images_listed": len(data.paths),
         "images_encoded": embedded.encoded, "images_cached": embedded.cached,
         "skipped": [{"path": e.source, "reason": e.reason} for e in embedded.errors],
@@ -338,8 +338,8 @@ def limit_lines(report: dict) -> list[str]:
         "A difference between groups is an association, not a cause: the groups' images may differ in other "
         "ways (setting, lighting, pose, where they came from) that drive it.",
         "Every image is forced into one of the classes, whether any fits or not, so which classes are offered "
-        "changes who is given which (as Agarwal et al., 2021 found when adding a 'child' class); try other class "
-        "sets with --alt-classes.",
+        "changes who is given which (as Agarwal et al., 2021 found when adding a 'child' class); audit alternative "
+        "class sets on the same images to see how much the choice matters.",
         "Finding no disparity does not show the model is fair: only differences larger than the intervals can be "
         "seen, and only for the groups, classes and images given. There is no ground truth here, so the audit "
         "does not measure accuracy per group.",

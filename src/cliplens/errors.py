@@ -27,6 +27,9 @@ class CliplensError(Exception):
 
     def __init__(self, message: str, *, parameter: str | None = None, value: str | None = None,
                  remedy: str | None = None):
+        # everything an error says is shown to a person: a file name that is not UTF-8 comes out escaped
+        message = printable(message)
+        value = None if value is None else printable(str(value))
         super().__init__(message)
         self.message = message
         self.parameter = parameter

@@ -1,7 +1,7 @@
 """How well a model does on the user's own data: zero-shot and few-shot classification, and retrieval.
 
 A labelled dataset (a folder per class, or a CSV/JSONL of ``path,label``) is embedded once (the vectors
-are cached, see :mod:`cliplens.eval_cache`) and scored with every requested template set. The first set
+are cached, see :mod:`cliplens.vectors.cache`) and scored with every requested template set. The first set
 gets the full treatment: top-1 and top-5, per-class accuracy, the confusion matrix, expected calibration
 error and a reliability curve; the others are compared by top-1, top-5 and ECE. ``few_shot`` trains a
 logistic-regression probe on K image embeddings per class and tests it on the rest, beside zero-shot on
@@ -122,7 +122,7 @@ def detect_task(source: str | os.PathLike, column: str | None = None, task: str 
         return "classification"
     if not source.is_file():
         raise UsageError("no such dataset (give a folder of class folders, or a CSV of path,label "
-                         "or path,caption)", value=str(source), parameter="dataset")
+                         "or path,caption)", value=display_path(source), parameter="dataset")
     try:
         columns = _columns(source)
     except UnicodeDecodeError:
@@ -148,19 +148,19 @@ def read_labelled_set(source: str | os.PathLike, *, labels_file: str | os.PathLi
     data = read_labelled_images(source, label_column=column or "label")
     if labels_file is None:  # sorted, so that the confusion matrix and tables read in a stable order
         classes = sorted(data.classes)
-        return LabelledSet(str(source), data.paths, data.labels, classes, classes)
+        return LabelledSet(display_path(source), data.paths, data.labels, classes, classes)
     names = read_label_names(labels_file)
     missing = [c for c in data.classes if c not in names]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DataError(f"{labels_file}: no line for {len(missing)} label(s) of {source}: {shown}")
-    return LabelledSet(str(source), data.paths, data.labels, list(names), list(names.values()))
+    return LabelledSet(display_path(source), data.paths, data.labels, list(names), list(names.values()))
 
 
 def read_captioned_set(source: str | os.PathLike, column: str | None = None) -> CaptionedSet:
     """A retrieval dataset: a CSV/JSONL of path and caption (``column`` names the caption column)."""
     pairs = read_pairs(source, caption_column=column or "caption")
-    return CaptionedSet(str(source), [p.path for p in pairs], [p.caption for p in pairs])
+    return CaptionedSet(display_path(source), [p.path for p in pairs], [p.caption for p in pairs])
 
 
 def read_eval_dataset(dataset: str | os.PathLike, *, labels_file: str | os.PathLike | None = None,
@@ -268,7 +268,7 @@ class EvalResult:
 
 def _header(encoder: Encoder, source: str, task: str, embedded, total: int) -> dict:
     return {"format": FORMAT, "task": task, "model": encoder.name, "backend": encoder.info.backend,
-            "precision": encoder.info.precision, "dataset": source,
+            "precision": encoder.info.precision, "dataset": display_path(source),
             "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
             "images": len(embedded.indices), "images_listed": total,
             "images_encoded": embedded.encoded, "images_cached": embedded.cached,

@@ -565,7 +565,8 @@ class VectorIndex:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            faiss.write_index(self._index, str(tmp))
+            with open(tmp, "wb") as fh:  # opened by Python: FAISS takes file names as UTF-8 only
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(fh.write))
             meta = {"format": 1, "spec": self._spec, "dim": self._dim, "params": self.params, "recall": self.recall,
                     "built_for": self.built_for, "stored": int(self._index.ntotal), "faiss_bytes": tmp.stat().st_size,
                     "tombstones": self._dead.tolist(), "info": self.info}
@@ -584,8 +585,9 @@ class VectorIndex:
         if meta.get("format") != 1 or size != meta.get("faiss_bytes"):
             raise StaleIndexError(f"{path}: the FAISS file and {cls.meta_path(path).name} do not match; rebuild it")
         try:
-            index = faiss.read_index(str(path))
-        except RuntimeError:
+            with open(path, "rb") as fh:  # opened by Python: a folder named in bytes that are not UTF-8 works
+                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        except (OSError, RuntimeError):
             raise StaleIndexError(f"{path}: FAISS cannot read this file; rebuild it") from None
         if index.ntotal != meta["stored"] or index.d != meta["dim"]:
             raise StaleIndexError(f"{path}: the FAISS file and {cls.meta_path(path).name} do not match; rebuild it")

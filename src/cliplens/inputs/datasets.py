@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, printable
+from ..files import display_path
 from .images import IMAGE_EXTENSIONS
 from .pairs import read_pairs
 
@@ -20,8 +21,9 @@ class LabelledImages:
 
 
 def class_name(folder: str) -> str:
-    """A folder name as a label: ``golden_retriever`` → ``golden retriever``."""
-    return folder.replace("_", " ").strip()
+    """A folder name as a label: ``golden_retriever`` → ``golden retriever``; bytes of a name that is not
+    UTF-8 are escaped (``caf\\xff``), as a label is prompted, printed and written as text."""
+    return printable(folder).replace("_", " ").strip()
 
 
 def read_labelled_images(source: str | Path, label_column: str = "label") -> LabelledImages:
@@ -45,7 +47,7 @@ def read_labelled_images(source: str | Path, label_column: str = "label") -> Lab
         classes = list(dict.fromkeys(labels))
     else:
         raise UsageError("no such dataset (give a folder of class folders or a CSV of path,label)",
-                         value=str(source), parameter="dataset")
+                         value=display_path(source), parameter="dataset")
     if len(classes) < 2:
         raise DataError(f"{source}: found {len(classes)} class(es) with images; at least two are needed")
     return LabelledImages(paths, labels, classes)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..audit import AuditResult
+from ..errors import printable
 from ..evaluate import EvalResult
 from ..files import atomic_write, atomic_write_text, check_output_folder
 from ..scores.disparity import ANY_HARMFUL
@@ -80,6 +81,20 @@ def _card(value: str, key: str) -> str:
     return f"<div class=\"card\"><div class=\"v\">{escape(value)}</div><div class=\"k\">{escape(key)}</div></div>"
 
 
+def _printable(data):
+    """JSON-like ``data`` with every string (keys too) printable, changed in place: a label or path that is
+    not UTF-8 is written escaped rather than failing the report at the end of a long run."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        items = [(_printable(k), _printable(v)) for k, v in data.items()]
+        data.clear()
+        data.update(items)
+    elif isinstance(data, list):
+        data[:] = [_printable(v) for v in data]
+    return data
+
+
 def _prepare(out: Path, overwrite: bool) -> None:
     """Check the folder (a folder that holds files needs ``overwrite``), make it, and remove the files an
     earlier report listed (so no stale chart stays)."""
@@ -132,7 +147,8 @@ def write_eval_report(result: EvalResult, out: str | Path, *, overwrite: bool = 
     (one that already holds files only with ``overwrite``); return index.html."""
     out = Path(out)
     _prepare(out, overwrite)
-    report = result.report
+    report = _printable(result.report)
+    _printable(result.predictions)
     files: list[str] = []
     body = [f"<h1>Evaluation of {escape(report['model'])}</h1>", _meta(report)]
     if report["task"] == "retrieval":
@@ -231,7 +247,8 @@ def write_audit_report(result: AuditResult, out: str | Path, *, overwrite: bool 
     holds files only with ``overwrite``); return index.html."""
     out = Path(out)
     _prepare(out, overwrite)
-    report = result.report
+    report = _printable(result.report)
+    _printable(result.predictions)
     files: list[str] = []
     level = f"{report['confidence']:.0%}"
     body = [f"<h1>Bias audit of {escape(report['model'])}</h1>", _meta(report),

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, printable
 from ..inputs.wordlists import read_data_lines, read_text_file
 from ..models import Encoder, l2_normalize
 
@@ -125,12 +125,13 @@ def parse_template_sets(specs: str | Sequence[str] | None = None, *, template: s
 
 
 def clean_labels(labels: Sequence[str], parameter: str = "labels") -> list[str]:
-    """Labels stripped, with empty and repeated ones dropped (each with a :class:`LabelWarning`)."""
+    """Labels stripped, with empty and repeated ones dropped (each with a :class:`LabelWarning`); bytes that are
+    not UTF-8 (a label typed in another encoding) escaped, as labels are prompted, printed and written as text."""
     kept: list[str] = []
     notes: list[str] = []
     empty = 0
     for label in labels:
-        text = str(label).strip()
+        text = printable(str(label)).strip()
         if not text:
             empty += 1
         elif text in kept:

@@ -26,8 +26,8 @@ def _save_parquet(path: Path, columns: dict[str, list]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(columns), tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # opened by Python: Arrow takes names as UTF-8 only
+        pq.write_table(pa.table(columns), fh)
 
 
 def _prepare_out(out: Path, kind: str, overwrite: bool) -> None:
@@ -135,7 +135,8 @@ def _read_shards(pairs) -> Iterator[ImageShard]:
 
     for array_path, meta_path in pairs:
         vectors = np.load(array_path, mmap_mode="r")
-        table = pq.read_table(meta_path).to_pydict()
+        with open(meta_path, "rb") as fh:  # opened by Python, as written
+            table = pq.read_table(fh).to_pydict()
         paths = table.get("image_path") or table.get("path")
         if paths is None:
             raise DataError(f"{meta_path}: no image_path column")
