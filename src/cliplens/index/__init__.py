@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UsageError
+from ..files import display_path
 from ..models import Encoder, load_model
 from .indexer import IndexRun, index_folders
 from .photos import DuplicateGroup, PhotoIndex, QueryTerm, SearchHit, SearchResult, parse_query
@@ -73,7 +74,7 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
 
 def _busy(folder: Path) -> UsageError:
     return UsageError("another `cliplens index` run is updating this index; wait for it to finish (searching "
-                      "works meanwhile)", value=str(folder), parameter="index")
+                      "works meanwhile)", value=display_path(folder), parameter="index")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..errors import ImageLoadError, UsageError
+from ..files import display_path
 from ..inputs.images import expand_paths, load_image
 from ..models import Encoder
 from ..models.keys import checkpoint_key
@@ -48,7 +49,7 @@ class IndexRun:
         out = {k: v for k, v in self.__dict__.items() if k not in ("errors", "recovered")}
         out["errors"] = [{"path": e.source, "reason": e.reason} for e in self.errors]
         if self.recovered is not None:
-            out["recovered"] = {"moved_to": str(self.recovered.moved_to), "kept": self.recovered.kept,
+            out["recovered"] = {"moved_to": display_path(self.recovered.moved_to), "kept": self.recovered.kept,
                                 "lost": self.recovered.lost}
         return out
 
@@ -94,11 +95,12 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     roots = [Path(f).expanduser().resolve() for f in folders]
     for root in roots:
         if not root.is_dir():
-            raise UsageError("not a folder (an index is built from folders of images)", value=str(root), parameter="folders")
+            raise UsageError("not a folder (an index is built from folders of images)", value=display_path(root), parameter="folders")
     store.add_roots(str(root) for root in roots)
     unreadable: list[ImageLoadError] = []
     paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude, problems=unreadable)]
-    run = IndexRun(str(store.folder), encoder.name, files=len(paths), failed=len(unreadable), errors=list(unreadable))
+    run = IndexRun(display_path(store.folder), encoder.name, files=len(paths), failed=len(unreadable),
+                   errors=list(unreadable))
     known = store.rows()
     found = set(paths)
     # a file under a folder that could not be read now is not gone: its row (and vector) stays
@@ -107,7 +109,18 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     by_hash = {row.sha256: row for row in known.values() if row.sha256 and row.has_vector}
     todo, touch = [], []
     for path in paths:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as exc:  # deleted (or made unreadable) since the folder was listed
+            if isinstance(exc, FileNotFoundError):  # gone: like a file deleted before the run, its row leaves
+                run.files -= 1
+                if path in known and _under(path, roots) and not _under(path, hidden):
+                    gone[path] = known[path]
+            else:
+                problem = ImageLoadError(path, f"unreadable ({exc.strerror or exc})")
+                run.failed += 1
+                run.errors.append(problem)
+            continue
         row = known.get(path)
         if row is not None and row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns:
             run.unchanged += 1
@@ -140,8 +153,9 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     else:
         batches = _local_batches(todo, look, encoder, batch_size, workers)
     done = run.unchanged
+    total = done + len(todo)  # the files this run looks at (not those that vanished or could not be stat'd)
     if on_progress is not None:
-        on_progress(done, len(paths))
+        on_progress(done, total)
     for batch, vectors in batches:
         rows, moves = [], []
         for seen, vector in zip(batch, vectors):
@@ -172,7 +186,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
             store.write_batch(rows, moves=moves)
         done += len(batch)
         if on_progress is not None:
-            on_progress(done, len(paths))
+            on_progress(done, total)
     store.touch(touch)
     if gone:
         store.write_batch([], removals=list(gone))

@@ -126,10 +126,18 @@ class PhotoIndex:
     def __init__(self, index: str | Path | None = None, model: Encoder | str | None = None, *,
                  device: str | None = None, backend: str | None = None, precision: str | None = None):
         self.store = IndexStore(index)
+        try:
+            self._open(model, device, backend, precision)
+        except BaseException:  # a store left open would hold the database (and its lock) until exit
+            self.store.close()
+            raise
+
+    def _open(self, model, device, backend, precision) -> None:
+        """Check the model asked for against the index's, and catch the vector index up with the database."""
         bound = self.store.model
         if bound is None or self.store.count() == 0:
             raise UsageError("the index is empty; add images with `cliplens index DIR`",
-                             value=str(self.store.folder), parameter="index")
+                             value=display_path(self.store.folder), parameter="index")
         self.bound = bound
         self._model_request = (model, device, backend, precision)
         self._encoder: Encoder | None = None
@@ -219,7 +227,7 @@ class PhotoIndex:
         terms = parse_query(query, files=files) if query else []
         if image is not None:
             if not Path(image).is_file():
-                raise UsageError("no such file", value=str(image), parameter="image")
+                raise UsageError("no such file", value=display_path(image), parameter="image")
             terms.append(QueryTerm(str(image), 1, True))
         terms += [_term(t, 1, files) for t in add] + [_term(t, -1, files) for t in subtract]
         shown = " ".join(filter(None, [query, str(image) if image else None]))
@@ -260,7 +268,7 @@ class PhotoIndex:
         hits = [SearchHit(paths[int(i)], float(s), int(i), float(c))
                 for s, i, c in zip(scores[:top], ids[:top], similarities[:top])
                 if int(i) in paths and (threshold is None or float(s) >= threshold)]
-        return SearchResult(shown, hits, "similarity" if reference is None else "margin")
+        return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin")
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicates in which *every* pair of files has similarity ≥ ``threshold`` (complete

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import UsageError
-from ..files import writable
+from ..files import display_path, writable
 
 DB_FILE = "index.sqlite"
 SCHEMA_VERSION = 2  # 1: paths as text; 2: paths as the file system's bytes
@@ -143,7 +143,7 @@ def _named(exc: sqlite3.DatabaseError, path: Path) -> Exception:
     """A damaged database as :class:`IndexDamagedError` naming the file and the way out; other errors as they are."""
     if _is_damage(exc):
         return IndexDamagedError(f"the database is damaged ({exc}); rebuild the index from it (the rows that can "
-                                 "still be read are kept, the rest is encoded again)", value=str(path),
+                                 "still be read are kept, the rest is encoded again)", value=display_path(path),
                                  parameter="index", remedy="rebuild")
     return exc
 
@@ -211,14 +211,14 @@ class IndexStore:
         self.db_path = self.folder / DB_FILE
         exists = self.db_path.exists()
         if not exists and not create:
-            raise UsageError("no index here; build one with `cliplens index FOLDER`", value=str(self.folder),
+            raise UsageError("no index here; build one with `cliplens index FOLDER`", value=display_path(self.folder),
                              parameter="index")
         if create:
             self._make_folder()
         self.read_only = not writable(self.folder)
         if create and self.read_only:
             raise UsageError("the index folder is read-only: indexing needs write access (searching works)",
-                             value=str(self.folder), parameter="index")
+                             value=display_path(self.folder), parameter="index")
         try:
             self.db = _Database(_connect(self.db_path, self.read_only), self.db_path)
         except sqlite3.DatabaseError as exc:
@@ -234,7 +234,7 @@ class IndexStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot make the index folder ({exc.strerror or exc})", value=str(self.folder),
+            raise UsageError(f"cannot make the index folder ({exc.strerror or exc})", value=display_path(self.folder),
                              parameter="index") from None
 
     def _create_schema(self) -> None:
@@ -253,7 +253,7 @@ class IndexStore:
         version = int(self._meta("schema") or 1)
         if version > SCHEMA_VERSION:
             raise UsageError(f"made by a newer cliplens (index schema {version}, this one reads up to "
-                             f"{SCHEMA_VERSION}); upgrade cliplens to use it", value=str(self.folder),
+                             f"{SCHEMA_VERSION}); upgrade cliplens to use it", value=display_path(self.folder),
                              parameter="index")
         if version < SCHEMA_VERSION and not self.read_only:
             with self.transaction():
@@ -315,7 +315,7 @@ class IndexStore:
         if bound is None or bound.fingerprint == fingerprint:
             return
         raise ModelMismatchError(
-            f"the index {self.folder} holds vectors of model {bound.name!r}; {action} with that model, or rebuild "
+            f"the index {display_path(self.folder)} holds vectors of model {bound.name!r}; {action} with that model, or rebuild "
             "the index for this one (every image is encoded again)", parameter="model", value=name, remedy="reindex")
 
     # --- reading -----------------------------------------------------------------------------------
@@ -377,7 +377,7 @@ class IndexStore:
         """A write transaction (``BEGIN IMMEDIATE``): one writer at a time, readers go on."""
         if self.read_only:
             raise UsageError("the index folder is read-only: indexing needs write access (searching works)",
-                             value=str(self.folder), parameter="index")
+                             value=display_path(self.folder), parameter="index")
         return _Transaction(self.db, "BEGIN IMMEDIATE")
 
     def snapshot(self):
@@ -453,9 +453,9 @@ class IndexStore:
         folder = Path(folder).expanduser() if folder is not None else default_index_dir()
         old = folder / DB_FILE
         if not old.exists():
-            raise UsageError("no index here to rebuild", value=str(folder), parameter="index")
+            raise UsageError("no index here to rebuild", value=display_path(folder), parameter="index")
         if not writable(folder):
-            raise UsageError("the index folder is read-only: rebuilding needs write access", value=str(folder),
+            raise UsageError("the index folder is read-only: rebuilding needs write access", value=display_path(folder),
                              parameter="index")
         aside = folder / f"{DB_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
         for suffix in ("", "-wal", "-shm"):
@@ -463,12 +463,14 @@ class IndexStore:
                 os.replace(folder / (DB_FILE + suffix), Path(str(aside) + suffix))
         for derived in folder.glob("vectors.*"):  # made from the database: rebuilt from the new one
             derived.unlink()
-        meta, rows, lost = _salvage(aside)
+        meta, salvaged, lost = _salvage(aside)
+        rows = _bound_rows(meta, salvaged)  # vectors no known model made would be searched as if any had
+        lost += len(salvaged) - len(rows)
         store = cls(folder, create=True)
         try:
             with store.transaction():
-                for key in ("model", "model_fingerprint", "dim"):
-                    if key in meta:
+                if rows:
+                    for key in ("model", "model_fingerprint", "dim"):
                         store._set_meta(key, meta[key])
                 store.db.run_many(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
                                   [(r[0], _path_key(_path(r[1])), *r[2:9], 1, r[10]) for r in rows])
@@ -476,6 +478,18 @@ class IndexStore:
         finally:
             store.close()
         return Recovery(aside, len(rows), lost)
+
+
+def _bound_rows(meta: dict[str, str], rows: list[tuple]) -> list[tuple]:
+    """The salvaged rows that can be kept: none when the model that made their vectors is not known (its name,
+    fingerprint and dimension), else those whose vector (if any) has that dimension."""
+    try:
+        dim = int(meta.get("dim") or 0)
+    except ValueError:
+        dim = 0
+    if dim <= 0 or not meta.get("model") or not meta.get("model_fingerprint"):
+        return []
+    return [r for r in rows if r[8] is None or len(r[8]) == 4 * dim]
 
 
 def _salvage(path: Path) -> tuple[dict[str, str], list[tuple], int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..files import display_path
 from ..models import Encoder, l2_normalize
 from ..models.keys import checkpoint_key
 from ..vectors.batches import ImageEmbeddings
@@ -26,7 +27,7 @@ def export_embeddings(store: IndexStore, out: str | Path, *, overwrite: bool = F
     """Write every vector of the index with its path, width and height; returns the files written."""
     bound = store.model
     if bound is None:
-        raise UsageError("the index is empty, nothing to export", value=str(store.folder), parameter="index")
+        raise UsageError("the index is empty, nothing to export", value=display_path(store.folder), parameter="index")
     rows = {row.id: row for row in store.rows().values() if row.has_vector}
     ids, vectors = store.vectors()
     result = ImageEmbeddings(vectors, [rows[int(i)].path for i in ids],
@@ -44,7 +45,7 @@ def import_embeddings(store: IndexStore, source: str | Path, encoder: Encoder) -
     made_by = read_manifest_model(source)
     if made_by and made_by != encoder.name and Path(made_by).name != Path(encoder.name).name:
         raise UsageError(f"these embeddings were made with {made_by!r}, not {encoder.name!r}; import "
-                         f"them with that model", value=str(source), parameter="model")
+                         f"them with that model", value=display_path(source), parameter="model")
     shards = read_image_embeddings(source)
     fingerprint = checkpoint_key(encoder.info.path)
     store.check_model(encoder.name, fingerprint, action="import into it")
@@ -61,7 +62,7 @@ def import_embeddings(store: IndexStore, source: str | Path, encoder: Encoder) -
             if shard.errors[i] or not np.any(vector):
                 continue  # a row clip-retrieval or cliplens kept for a file that failed
             local = Path(path).expanduser()
-            stat = local.stat() if local.is_file() else None
+            stat = _stat(local)
             rows.append(NewRow(str(local.resolve()) if stat else str(path), stat.st_size if stat else None,
                                stat.st_mtime_ns if stat else None, None, shard.widths[i], shard.heights[i],
                                vector=l2_normalize(vector[None])[0]))
@@ -73,3 +74,11 @@ def import_embeddings(store: IndexStore, source: str | Path, encoder: Encoder) -
             added += len(rows)
     sync_vector_index(store)
     return added
+
+
+def _stat(path: Path):
+    """The stat of a local file, or None when there is none (never here, or gone since)."""
+    try:
+        return path.stat() if path.is_file() else None
+    except OSError:
+        return None
