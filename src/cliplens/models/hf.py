@@ -100,10 +100,11 @@ class TransformersEncoder(Encoder):
         self.precision = precision
         self.dtype = getattr(torch, self.PRECISIONS[precision])
         try:
-            self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
+            model = AutoModel.from_pretrained(path, dtype=torch.float32)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:  # noqa: BLE001 - damaged files raise many kinds (SafetensorError, OSError, ...)
             raise _load_error(exc, path, name) from None
+        self.model = model.to(self.device).eval()  # outside the try: a full GPU is not a damaged file
         scale = float(self.model.logit_scale.detach().exp())  # read in fp32, before any cast
         bias = getattr(self.model, "logit_bias", None)
         bias = float(bias.detach()) if bias is not None else None
