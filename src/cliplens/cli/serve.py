@@ -9,8 +9,9 @@ from typing import List, Optional
 
 import typer
 
+import cliplens
 from cliplens.cli.common import (BackendOpt, DeviceOpt, ModelOpt, PrecisionOpt, add, at_least, between, err,
-                                 load_model_with_status)
+                                 load_model_with_status, shown)
 from cliplens.errors import UsageError
 
 
@@ -55,7 +56,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
                          "pip install 'cliplens[serve]'") from None
 
     if index is not None and not index.is_dir():
-        raise UsageError("no such folder", value=str(index), parameter="index")
+        raise UsageError("no such folder", value=cliplens.display_path(index), parameter="index")
     listener = _bind(host, port)  # a busy port or a bad address stops here, before the model loads
     config = ServiceConfig(model=model, device=device, backend=backend, precision=precision,
                            index=str(index) if index else None, api_key=api_key or None,
@@ -71,12 +72,13 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
         raise
     app = create_app(config, encoder=encoder, photos=photos)
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-        err.print(f"[yellow]warning[/]: serving on {host} without an API key: anyone who can reach it can use it",
-                  highlight=False)
+        err.print(f"[yellow]warning[/]: serving on {shown(host)} without an API key: anyone who can reach it can use "
+                  "it", highlight=False, markup=True)
     bound_port = listener.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    address = f"[{host}]" if ":" in host else host
     key = " with an API key" if config.api_key else ""
-    err.print(f"cliplens serving on http://{shown}:{bound_port} (API at /v1, docs at /docs){key}", highlight=False)
+    docs = ", docs at /docs" if getattr(app.state, "docs", False) else ""  # the page needs swagger-ui-bundle
+    err.print(f"cliplens serving on http://{address}:{bound_port} (API at /v1{docs}){key}", highlight=False)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30,
                                            limit_concurrency=1000))
     server.run(sockets=[listener])

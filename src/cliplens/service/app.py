@@ -199,6 +199,7 @@ def _add_docs(app: FastAPI, config: ServiceConfig) -> None:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:  # the serve extra brings it; without it the page is left out, the document stays
         swagger_ui_path = None
+    app.state.docs = swagger_ui_path is not None  # what ``cliplens serve`` says it serves
     if swagger_ui_path is not None:
         app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import IndexDamagedError
 from ..errors import CliplensError, ImageLoadError, ModelNotFoundError
 
 log = logging.getLogger("cliplens.service")
@@ -45,12 +46,17 @@ def first_problem(errors: list[dict], skip: tuple[str, ...] = ()) -> str:
 
 
 def from_library(exc: CliplensError, where: str | None = None) -> ApiError:
-    """The HTTP form of a library error: a bad image is 422, a bad request 400."""
+    """The HTTP form of a library error: a bad image is 422, a bad request 400; the server's own index failing
+    (damaged, gone, read-only) is 503 with a generic message, its detail (and paths) only in the server's log."""
     if isinstance(exc, ImageLoadError):
         name = where or exc.source
         return ApiError(422, "bad_image", f"{name}: {exc.reason}")
     if isinstance(exc, ModelNotFoundError):
         return ApiError(503, "unavailable", exc.message)
+    if isinstance(exc, IndexDamagedError) or exc.parameter == "index":  # the server's, never the client's
+        log.error("the photo index failed: %s", exc)
+        what = "is damaged (its operator can rebuild it)" if isinstance(exc, IndexDamagedError) else "cannot be used"
+        return ApiError(503, "unavailable", f"the photo index {what}; see the server's log")
     return ApiError(400, "bad_request", exc.describe())  # a parameter is named as its field
 
 
