@@ -181,13 +181,14 @@ def test_caption_command_formats_and_bad_input(cli, tmp_path):
     many = [star, str(bad), str(EXAMPLES / "two-red-circles.png")]
     proc = cli("caption", *many, "--model", "demo", "-f", "jsonl")
     assert proc.returncode == 1 and "bad.png" in proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]  # JSONL: the good images are all there
-    assert [Path(d["image"]).name for d in lines] == ["blue-star.png", "two-red-circles.png"]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]  # JSONL: a row per image, as classify writes
+    assert [Path(d["image"]).name for d in lines] == ["blue-star.png", "bad.png", "two-red-circles.png"]
+    assert "caption" in lines[0] and set(lines[1]) == {"image", "error"} and "caption" in lines[2]
     proc = cli("caption", *many, "--model", "demo", "--json")  # one JSON object: results and errors
     data = json.loads(proc.stdout)
     assert proc.returncode == 1 and data["model"] == "demo"
     assert [Path(d["image"]).name for d in data["results"]] == ["blue-star.png", "two-red-circles.png"]
-    assert [Path(e["image"]).name for e in data["errors"]] == ["bad.png"]
+    assert [(Path(e["path"]).name, set(e)) for e in data["errors"]] == [("bad.png", {"path", "reason"})]
     proc = cli("caption", star, "--model", "demo", "--banks", "nope")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown bank 'nope'" in proc.stderr
 

@@ -181,6 +181,18 @@ def test_cli_batch_csv_and_jsonl_keep_going_past_a_bad_image(cli, tmp_path):
     assert proc.returncode == 1 and len(lines) == 7 and sum("error" in line for line in lines) == 1
 
 
+def test_cli_folder_json_names_each_failure_by_path(cli, tmp_path):
+    """Every command's --json lists failures as {"path", "reason"} (embed, index and eval do too)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    next(generate(1, seed=HELD_OUT_SEED + 6)).image.save(folder / "0.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    proc = cli("classify", str(folder), "red circle", "blue star", "--model", "demo", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1 and len(data["results"]) == 1
+    assert [(set(e), Path(e["path"]).name) for e in data["errors"]] == [({"path", "reason"}, "broken.png")]
+
+
 @pytest.mark.slow
 def test_cli_calibrate_then_conformal_sets(cli, tmp_path):
     data = write_demo_data(tmp_path / "cal", 120, seed=HELD_OUT_SEED + 4)

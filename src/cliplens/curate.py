@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import ImageLoadError, UsageError
-from .files import display_path
+from .files import atomic_path, display_path
 from .inputs.images import ImageSource
 from .inputs.pairs import Pair
 from .models import Encoder, as_encoder
@@ -124,7 +124,8 @@ def copy_ranked(ranking: Ranking, out: str | Path) -> list[Path]:
         if not source.is_file():
             raise UsageError(f"{display_path(result.path)} is not a file that can be copied", parameter="copy_to")
         target = out / f"{rank:03d}_{source.name}"
-        shutil.copy2(source, target)
+        with atomic_path(target) as tmp:  # a reader of the folder never sees half a copy
+            shutil.copy2(source, tmp)
         copied.append(target)
     return copied
 

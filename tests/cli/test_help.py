@@ -63,3 +63,25 @@ def test_the_checks_catch_a_type_tag_and_a_missing_help_line():
     result = CliRunner().invoke(bare, ["--help"], env={"COLUMNS": "200"})
     assert TYPE_TAG.search(result.output)
     assert not typer.main.get_command(bare).params[0].help
+
+
+#: The commands whose --json answer is the HTTP API's, and the endpoint each names in its help.
+HTTP_ANSWERS = {"classify": "POST /v1/classify", "caption": "POST /v1/caption", "rank": "POST /v1/rank",
+                "search": "POST /v1/search"}
+
+
+def test_json_help_promises_the_http_fields_only_where_the_api_has_them():
+    """``--json`` says "the fields of the HTTP API" only on commands the service also answers, naming its
+    endpoint; on every other command (train, demo-data, bench ...) it promises one JSON object, no more."""
+    seen = set()
+    for path, command in COMMANDS:
+        flag = next((p for p in command.params if "--json" in getattr(p, "opts", ())), None)
+        if flag is None:
+            continue
+        name = " ".join(path)
+        seen.add(name)
+        if name in HTTP_ANSWERS:
+            assert f"the HTTP API's {HTTP_ANSWERS[name]}" in flag.help, (name, flag.help)
+        else:
+            assert "HTTP" not in flag.help and "one JSON object on stdout" in flag.help, (name, flag.help)
+    assert set(HTTP_ANSWERS) | {"train", "demo-data", "bench embed", "embed", "eval"} <= seen

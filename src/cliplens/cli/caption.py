@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
-                                 WorkersOpt, add, at_least, check_output, emit_json, err, find_images, load_model_with_status,
-                                 new_app, out, progress, rate_updater, report_skipped)
+                                 WorkersOpt, add, api_json_option, at_least, check_output, emit_json, err, find_images,
+                                 load_model_with_status, new_app, out, printable_json, progress, rate_updater,
+                                 report_skipped, shown)
 from cliplens.errors import UsageError
 
 FORMATS = ("llm", "text", "json", "jsonl")
@@ -50,8 +50,9 @@ def _captioner(model, device, backend, precision, banks, keep_typographic: bool 
 
         captioner = cliplens.Captioner(encoder, banks, keep_typographic=keep_typographic, on_progress=on_progress)
     for name, labels in captioner.unreadable.items():
-        err.print(f"[yellow]note:[/] {escape(encoder.name)} cannot read {len(labels)} label(s) of bank {name!r} "
-                  f"(e.g. {escape(repr(labels[0]))}); they are left out", highlight=False)
+        err.print(f"[yellow]note:[/] {shown(encoder.name)} cannot read {len(labels)} label(s) of bank "
+                  f"{shown(repr(name))} (e.g. {shown(repr(labels[0]))}); they are left out", highlight=False,
+                  markup=True)
     return captioner
 
 
@@ -76,7 +77,8 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
                                                        "marked)."),
             batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
             model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
-            precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+            precision: Optional[str] = PrecisionOpt,
+            as_json: bool = api_json_option("POST /v1/caption", many=True)) -> None:
     """Describe images for a chatbot: the best fitting labels of each bank, composed into sentences."""
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS:
@@ -94,10 +96,12 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
             if isinstance(result, cliplens.ImageLoadError):
                 errors.append(result)
                 report_skipped([result])
+                if fmt == "jsonl":  # a row for it, as classify's jsonl has: every image is accounted for
+                    print(json.dumps({"image": result.source, "error": result.reason}, ensure_ascii=False), flush=True)
             elif fmt == "json":
                 captions.append(result)
             elif fmt == "jsonl":
-                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+                print(json.dumps(printable_json(result.to_dict()), ensure_ascii=False), flush=True)
             else:
                 text = result.llm() if fmt == "llm" else result.caption
                 print(f"{result.image}\t{text}" if show_names else text, flush=True)  # image: printable
@@ -106,7 +110,7 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
             emit_json(captions[0].to_dict())
         else:
             emit_json({"model": captioner.encoder.name, "results": [c.to_dict() for c in captions],
-                       "errors": [{"image": e.source, "reason": e.reason} for e in errors]})
+                       "errors": [{"path": e.source, "reason": e.reason} for e in errors]})
     if errors:
         raise typer.Exit(1)
 
@@ -125,7 +129,7 @@ def banks_list(model: Optional[str] = typer.Option(None, "--model", "-m", metava
     table = Table("name", "labels", "top-k", "threshold", "default", "template")
     for b in banks:
         table.add_row(b.name, str(len(b.labels)), str(b.top_k), f"{b.threshold:g}", "yes" if b.name in defaults else "",
-                      escape(b.template))
+                      b.template)
     out.print(table)
 
 
@@ -184,12 +188,12 @@ def banks_calibrate(bank: str = typer.Argument(..., help="A built-in name, NAME=
     if out_file is not None:
         with cliplens.atomic_write(out_file) as fh:
             fh.write(fit.bank.to_text())
-    summary = {**fit.to_dict(), "out": str(out_file) if out_file else None}
+    summary = {**fit.to_dict(), "out": cliplens.display_path(out_file) if out_file else None}
     if as_json:
         emit_json(summary)
     else:
         err.print(f"{found.name}: threshold {fit.bank.threshold:g} on {fit.images} images ({fit.in_bank} with a "
                   f"bank label): precision {fit.precision:.3f}, recall {fit.recall:.3f}, F1 {fit.f1:.3f}"
-                  + (f" → {out_file}" if out_file else ""), highlight=False)
+                  + (f" → {cliplens.display_path(out_file)}" if out_file else ""), highlight=False)
         if out_file is None:
             print(fit.bank.to_text(), end="")

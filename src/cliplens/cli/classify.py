@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import glob
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
-
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, LabelsFileOpt, ModelOpt, OverwriteOpt,
-                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output, find_images,
-                                 emit_json, err, load_model_with_status, out, progress, rate_updater,
-                                 report_skipped)
+                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, api_json_option,
+                                 check_output, emit_json, err, find_images, load_model_with_status, out, progress,
+                                 rate_updater, report_skipped, shown)
 from cliplens.cli.outputs import FORMATS, ResultWriter, format_for
 from cliplens.errors import UsageError
 
@@ -47,13 +46,13 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
                                                            "0.9 (needs a calibration)."),
              output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
                                                    help="Many images: write one row per image to FILE.csv or "
-                                                        "FILE.jsonl as they are scored."),
+                                                        "FILE.jsonl (it appears, whole, when the run ends)."),
              fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT",
                                                help="Many images: print csv or jsonl rows on stdout."),
              overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt,
              workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
              backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
-             as_json: bool = JsonOpt) -> None:
+             as_json: bool = api_json_option("POST /v1/classify", many=True)) -> None:
     """Zero-shot classification: how well each label matches, and whether none of them does."""
     label_list = list(labels or [])
     if labels_file is not None:
@@ -83,16 +82,16 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
 
 def _print_classification(result, coverage: Optional[float]) -> None:
     if result.is_none_of_these:
-        hint = f" (it looks more like: {result.looks_like})" if result.looks_like else ""
+        hint = f" (it looks more like: {shown(result.looks_like)})" if result.looks_like else ""
         out.print(f"[yellow]none of these[/]: {result.none_of_these * 100:.1f}% that no label fits{hint}",
-                  highlight=False)
+                  highlight=False, markup=True)
     width = max(len(s.label) for s in result.labels)
     for s in result.labels:
         bar = "█" * round(s.probability * 30)
-        out.print(f"{s.label:<{width}}  {s.probability * 100:5.1f}%  [cyan]{bar:<30}[/]  (cos {s.similarity:.3f})",
-                  highlight=False)
+        out.print(f"{shown(f'{s.label:<{width}}')}  {s.probability * 100:5.1f}%  [cyan]{bar:<30}[/]  "
+                  f"(cos {s.similarity:.3f})", highlight=False, markup=True)
     if not result.is_none_of_these:
-        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%[/]", highlight=False)
+        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%[/]", highlight=False, markup=True)
     if result.prediction_set is not None:
         members = ", ".join(result.prediction_set) or "(empty)"
         out.print(f"prediction set at {coverage:.0%} coverage: {members}", highlight=False)
@@ -101,10 +100,12 @@ def _print_classification(result, coverage: Optional[float]) -> None:
 def _classify_many(classifier, sources: list, unreadable: list, output: Optional[Path], fmt: Optional[str],
                    as_json: bool, batch_size: Optional[int], workers: Optional[int]) -> None:
     fmt = format_for(output) if output is not None else fmt
-    stream = output.open("w", newline="", encoding="utf-8") if output is not None else sys.stdout
-    writer = ResultWriter(stream, fmt, classifier.labels, classifier.coverage is not None) if fmt else None
     results, errors = [], list(unreadable)
-    try:
+    with ExitStack() as files:
+        # the file is written under a temporary name and appears whole when the run ends (an interrupted run
+        # leaves none), as every file cliplens writes
+        stream = files.enter_context(cliplens.atomic_write(output, newline="")) if output is not None else sys.stdout
+        writer = ResultWriter(stream, fmt, classifier.labels, classifier.coverage is not None) if fmt else None
         with progress("classifying") as bar:
             task = bar.add_task("classifying", total=len(sources), rate="")
             for item in classifier.classify_many(sources, batch_size=batch_size, workers=workers,
@@ -121,14 +122,11 @@ def _classify_many(classifier, sources: list, unreadable: list, output: Optional
                 elif not failed:
                     answer = (f"none of these ({item.none_of_these:.0%})" if item.is_none_of_these
                               else f"{item.top.label} ({item.top.probability:.0%})")
-                    out.print(f"{escape(item.image)}\t{answer}", highlight=False)
-    finally:
-        if output is not None:
-            stream.close()
+                    out.print(f"{item.image}\t{answer}", highlight=False)
     if as_json and writer is None:
         emit_json({"model": classifier.encoder.name, "results": [r.to_dict() for r in results],
-                   "errors": [{"image": e.source, "reason": e.reason} for e in errors]})
-    done = f" → {output}" if output is not None else ""
+                   "errors": [{"path": e.source, "reason": e.reason} for e in errors]})
+    done = f" → {cliplens.display_path(output)}" if output is not None else ""
     failed = len(errors) - len(unreadable)
     folders = f", {len(unreadable)} folder(s) unreadable" if unreadable else ""
     err.print(f"classified {len(sources) - failed} image(s), {failed} failed{folders}{done}", highlight=False)
@@ -157,7 +155,7 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
     path = fitted.calibration.save(out_file)
     report = fitted.calibration.report
     if as_json:
-        emit_json({"out": str(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
+        emit_json({"out": cliplens.display_path(path), "model": encoder.name, "skipped": len(fitted.errors), **report})
     else:
         none, q90 = report["none_of_these"], report["conformal"]["0.9"]
         err.print(f"calibrated {encoder.name} on {report['images']} images of {report['classes']} classes "
@@ -167,7 +165,7 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
                   f"none of these flags {none['flagged_in_domain']:.1%} of images when their class is offered and "
                   f"{none['flagged_out_of_domain']:.1%} when it is not\n"
                   f"90% conformal sets: threshold {q90['quantile']:.4f}, mean size {q90['mean_set_size']:.2f}\n"
-                  f"→ {path}", highlight=False)
+                  f"→ {cliplens.display_path(path)}", highlight=False)
     if fitted.errors:
         raise typer.Exit(1)
 

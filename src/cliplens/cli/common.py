@@ -5,8 +5,12 @@
 - Outputs are checked with :func:`check_output` before any work starts; an existing output is replaced
   only with ``--overwrite``.
 - Help shows each option's value as a word (``--labels-file FILE``), never as a type tag, and every
-  option has a help line (``tests/test_cli_help.py`` walks every command to check).
+  option has a help line (``tests/cli/test_help.py`` walks every command to check).
 - ``--json`` prints one JSON object on stdout; results go to stdout, progress and messages to stderr.
+- What is printed is text, not markup: ``out`` and ``err`` print strings as they are (a folder named
+  ``[old photos]`` stays whole), and a message that colours a word says ``markup=True`` and escapes every
+  value in it (:func:`shown`). Paths are printed and written with :func:`cliplens.display_path`, so a name
+  that is not UTF-8 comes out escaped (``bad\\xff.png``) and never stops a command at its end.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -28,7 +33,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 import cliplens
-from cliplens.errors import CliplensError, UsageError
+from cliplens.errors import CliplensError, UsageError, printable
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
@@ -38,8 +43,8 @@ class _Console(Console):
         raise SystemExit(0)
 
 
-out = _Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 state = {"debug": False}
 
 
@@ -137,9 +142,19 @@ def at_least(low: float) -> Callable:
 
 
 def between(low: float, high: float) -> Callable:
+    """A callback refusing values outside [``low``, ``high``]."""
     def check(value):
         if value is not None and not low <= value <= high:
             raise typer.BadParameter(f"must be between {low:g} and {high:g} (got {value:g})")
+        return value
+    return check
+
+
+def above_up_to(low: float, high: float) -> Callable:
+    """A callback refusing values outside (``low``, ``high``]: above ``low``, at most ``high``."""
+    def check(value):
+        if value is not None and not low < value <= high:
+            raise typer.BadParameter(f"must be above {low:g} and at most {high:g} (got {value:g})")
         return value
     return check
 
@@ -153,7 +168,21 @@ BackendOpt = typer.Option(None, "--backend", envvar="CLIPLENS_BACKEND", metavar=
 PrecisionOpt = typer.Option(None, "--precision", envvar="CLIPLENS_PRECISION", metavar="NAME",
                             help="fp32, bf16, fp16, int8 or auto (default: int8 on ONNX when it passed parity, "
                                  "fp16 on GPU).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout (the fields of the HTTP API).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
+
+
+def api_json_option(endpoint: str, *, many: bool = False, less: str = "") -> typer.Option:
+    """``--json`` for a command the HTTP API also answers, whose JSON has the fields of ``endpoint``'s answer
+    (``many``: for one image; many images give ``{model, results, errors}``, each result with those fields;
+    ``less``: what the HTTP answer has that the command cannot give)."""
+    fields = f"the fields of the HTTP API's {endpoint}" + (f" less {less}" if less else "")
+    if many:
+        text = f"Print one JSON object on stdout: for one image {fields}; for many, {{model, results, errors}}."
+    else:
+        text = f"Print one JSON object on stdout ({fields})."
+    return typer.Option(False, "--json", help=text)
+
+
 BatchOpt = typer.Option(None, "--batch-size", metavar="N", callback=at_least(1),
                         help="Images per model call (default: the runtime's best).")
 WorkersOpt = typer.Option(None, "--workers", metavar="N", callback=at_least(1),
@@ -209,8 +238,13 @@ def error_message(exc: CliplensError, names: dict[str, tuple[str, bool]] | None 
     return message
 
 
+def shown(value) -> str:
+    """A path (or any text) ready for a ``markup=True`` message: printable, with its brackets escaped."""
+    return escape(printable(os.fspath(value) if isinstance(value, os.PathLike) else str(value)))
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+    err.print(f"[yellow]warning:[/] {shown(message)}", highlight=False, markup=True)
 
 
 def command(fn):
@@ -228,10 +262,10 @@ def command(fn):
         except CliplensError as exc:
             if state["debug"]:
                 raise
-            err.print(f"[red]error:[/] {escape(error_message(exc, names))}", highlight=False)
+            err.print(f"[red]error:[/] {shown(error_message(exc, names))}", highlight=False, markup=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[red]interrupted[/]")
+            err.print("[red]interrupted[/]", markup=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:  # stdout closed early (| head): end quietly, as a Unix filter does
             _quiet_stdout()
@@ -240,16 +274,14 @@ def command(fn):
             if state["debug"]:
                 raise
             text = str(exc).splitlines()[0] if str(exc) else ""
-            err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(text)} (run with --debug for "
-                      "details)", highlight=False)
+            err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {shown(text)} (run with --debug for "
+                      "details)", highlight=False, markup=True)
             raise typer.Exit(2) from None
     return wrapper
 
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null, so that what is still buffered does not fail again when Python exits."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -262,8 +294,6 @@ def quiet_transformers() -> None:
 
     Done without importing transformers, which commands on the ONNX backend never need.
     """
-    import os
-
     from huggingface_hub.utils import disable_progress_bars
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -301,10 +331,10 @@ def load_model_with_status(model: Optional[str], device: Optional[str], backend:
     def on_status(message: str) -> None:
         nonlocal status
         if status is None:
-            status = err.status(message)
+            status = err.status(shown(message))  # a status line is markup: a model folder may hold brackets
             status.start()
         else:
-            status.update(message)
+            status.update(shown(message))
 
     try:
         encoder = cliplens.load_model(model, device=device, backend=backend, precision=precision, purpose=purpose,
@@ -339,11 +369,24 @@ def rate_updater(bar: Progress, task, unit: str):
 def report_skipped(errors) -> None:
     """One line on stderr per input that could not be used."""
     for error in errors:
-        err.print(f"[yellow]skipped[/] {escape(error.source)}: {escape(error.reason)}", highlight=False)
+        err.print(f"[yellow]skipped[/] {shown(error.source)}: {shown(error.reason)}", highlight=False, markup=True)
+
+
+def printable_json(data):
+    """JSON-like ``data`` with every string printable (a new object): a path or label that is not UTF-8 comes
+    out escaped (``bad\\xff.png``) as it is printed everywhere else, never as a lone surrogate."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {printable_json(k): printable_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [printable_json(v) for v in data]
+    return data
 
 
 def emit_json(data: dict) -> None:
     """One JSON object on stdout: pretty on a terminal, one compact line when piped."""
+    data = printable_json(data)
     if sys.stdout.isatty():
         out.print_json(json.dumps(data))
     else:

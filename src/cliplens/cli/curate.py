@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
-
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
-                                 TopOpt, WorkersOpt, add, check_output, emit_json, find_images, err, load_model_with_status, out,
-                                 progress, rate_updater, report_skipped)
+                                 TopOpt, WorkersOpt, add, api_json_option, check_output, emit_json, err, find_images,
+                                 load_model_with_status, out, progress, rate_updater, report_skipped)
 from cliplens.errors import UsageError
 
 SCORE_FORMATS = (".csv", ".jsonl")
@@ -33,7 +31,7 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
                                             help="What they should not show (repeatable)."),
          overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
          model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
-         precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+         precision: Optional[str] = PrecisionOpt, as_json: bool = api_json_option("POST /v1/rank")) -> None:
     """Rank images by how well they match a prompt (as DALL·E samples were reranked), best first.
 
     Scores are cosines with the prompt, or margins when negative prompts or re-ranking (models that ship a
@@ -49,14 +47,14 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
     report_skipped(ranking.errors)
     if copy_to is not None:
         copied = cliplens.copy_ranked(ranking, copy_to)
-        err.print(f"copied {len(copied)} image(s) → {copy_to}", highlight=False)
+        err.print(f"copied {len(copied)} image(s) → {cliplens.display_path(copy_to)}", highlight=False)
     if as_json:
         emit_json(ranking.to_dict())
     else:
         err.print(f"[dim]score: {'cosine with the prompt' if ranking.score_kind == 'similarity' else 'margin'}[/]",
-                  highlight=False)
+                  highlight=False, markup=True)
         for number, result in enumerate(ranking.results, 1):
-            out.print(f"{number:3d}  {result.score:.4f}  {escape(cliplens.display_path(result.path))}", highlight=False)
+            out.print(f"{number:3d}  {result.score:.4f}  {cliplens.display_path(result.path)}", highlight=False)
     if ranking.errors or unreadable:
         raise typer.Exit(1)
 

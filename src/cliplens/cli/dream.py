@@ -23,10 +23,11 @@ def register(app: typer.Typer) -> None:
 
 def _check_format(path: Path, parameter: str, suffixes=None) -> None:
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise UsageError(f"give a {' or '.join(suffixes)} file name", value=str(path), parameter=parameter)
+        raise UsageError(f"give a {' or '.join(suffixes)} file name", value=cliplens.display_path(path),
+                         parameter=parameter)
     if path.suffix and path.suffix.lower() not in Image.registered_extensions():
         raise UsageError(f"{path.suffix!r} is not an image format Pillow writes (use .png)",
-                         value=str(path), parameter=parameter)
+                         value=cliplens.display_path(path), parameter=parameter)
 
 
 def dream(prompt: str = typer.Argument(..., help="What the image should show."),
@@ -96,7 +97,8 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
 
     def on_frame(step: int, image) -> None:
         if frames is not None:
-            image.save(frames / f"{step:05d}.png")
+            with cliplens.atomic_write(frames / f"{step:05d}.png", "wb") as fh:  # never half a frame in the folder
+                image.save(fh, format="PNG")
         if gif is not None:
             collected.append(image)
 
@@ -114,21 +116,22 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
     result.save(out_file)
     if gif is not None:
         cliplens.save_gif(collected, gif)
-    summary = {"out": str(out_file), **result.to_dict()}
-    summary["frames"] = str(frames) if frames is not None else None
-    summary["gif"] = str(gif) if gif is not None else None
+    summary = {"out": cliplens.display_path(out_file), **result.to_dict()}
+    summary["frames"] = cliplens.display_path(frames) if frames is not None else None
+    summary["gif"] = cliplens.display_path(gif) if gif is not None else None
     classification = start_classification = None
     if wanted:
         classifier = cliplens.Classifier(wanted, encoder)
         classification = classifier.classify(result.image)
-        summary["classification"] = classification.to_dict() | {"image": str(out_file)}
+        summary["classification"] = classification.to_dict() | {"image": cliplens.display_path(out_file)}
         if start is not None:
             start_classification = classifier.classify(start)
-            summary["start_classification"] = start_classification.to_dict() | {"image": str(init)}
+            summary["start_classification"] = start_classification.to_dict() | {"image": cliplens.display_path(init)}
     if as_json:
         emit_json(summary)
         return
-    out.print(f"{out_file}: similarity to {result.prompt!r} {result.start_similarity:.3f} → {result.similarity:.3f} "
+    out.print(f"{cliplens.display_path(out_file)}: similarity to {result.prompt!r} {result.start_similarity:.3f} → "
+              f"{result.similarity:.3f} "
               f"({result.steps} steps, {result.seconds:.1f} s, {result.size[0]}×{result.size[1]}, seed {result.seed})",
               highlight=False)
     if classification is not None:
@@ -140,6 +143,6 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
         out.print(f"  {'result' if start_classification is not None else 'classified'}: {top(classification)}",
                   highlight=False)
     if frames is not None:
-        err.print(f"{len(list(frames.glob('*.png')))} frames → {frames}", highlight=False)
+        err.print(f"{len(list(frames.glob('*.png')))} frames → {cliplens.display_path(frames)}", highlight=False)
     if gif is not None:
-        err.print(f"{len(collected)} frames → {gif}", highlight=False)
+        err.print(f"{len(collected)} frames → {cliplens.display_path(gif)}", highlight=False)

@@ -46,7 +46,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
         files = cliplens.write_text_embeddings(texts, vectors, out_dir, model=encoder.name, dtype=dtype,
                                                overwrite=overwrite)
         summary = {"kind": "text", "model": encoder.name, "count": len(texts), "failed": 0, "dim": encoder.embed_dim,
-                   "out": str(out_dir), "files": [str(f) for f in files]}
+                   "out": cliplens.display_path(out_dir), "files": [cliplens.display_path(f) for f in files]}
     else:
         with progress("embedding") as bar:
             task = bar.add_task("embedding", total=len(sources), rate="")
@@ -56,12 +56,12 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
         report_skipped(result.errors)
         errors = unreadable + result.errors
         summary = {"kind": "image", "model": encoder.name, "count": len(result.sources), "failed": len(errors),
-                   "dim": encoder.embed_dim, "out": str(out_dir), "files": [str(f) for f in files],
+                   "dim": encoder.embed_dim, "out": cliplens.display_path(out_dir), "files": [cliplens.display_path(f) for f in files],
                    "errors": [{"path": e.source, "reason": e.reason} for e in errors]}
     if as_json:
         emit_json(summary)
     else:
-        err.print(f"embedded {summary['count']} {summary['kind']}(s), {summary['failed']} failed → {out_dir}",
+        err.print(f"embedded {summary['count']} {summary['kind']}(s), {summary['failed']} failed → {summary['out']}",
                   highlight=False)
     if summary["failed"]:
         raise typer.Exit(1)
@@ -70,7 +70,7 @@ def embed(paths: List[str] = typer.Argument(None, help="Image files, folders or 
 def _read_texts(path: Path) -> list[str]:
     """Every non-blank line of a UTF-8 text file."""
     if not path.is_file():
-        raise UsageError("no such file", value=str(path), parameter="text_file")
+        raise UsageError("no such file", value=cliplens.display_path(path), parameter="text_file")
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError as exc:

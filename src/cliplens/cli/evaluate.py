@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape as rx
 from rich.table import Table
+from rich.text import Text
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt,
-                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output, emit_json, err, load_model_with_status, out, progress, rate_updater,
-                                 report_skipped)
+                                 PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, check_output, emit_json, err,
+                                 load_model_with_status, out, progress, rate_updater, report_skipped, shown)
 from cliplens.cli.classify import one_template_set
 from cliplens.errors import UsageError
 
@@ -100,14 +100,15 @@ def _run_and_report(run, write, report: Path, as_json: bool, show) -> None:
         emit_json(result.report)
     else:
         show(result.report)
-    err.print(f"report → {index}", highlight=False)
+    err.print(f"report → {cliplens.display_path(index)}", highlight=False)
     if result.errors:
         raise typer.Exit(1)
 
 
 def _print_head(data: dict, what: str) -> None:
-    out.print(f"[bold]{rx(data['model'])}[/] on {rx(data['dataset'])}: {data['images']} images{rx(what)} "
-              f"({data['images_encoded']} encoded, {data['images_cached']} from the cache)", highlight=False)
+    out.print(f"[bold]{shown(data['model'])}[/] on {shown(data['dataset'])}: {data['images']} images{shown(what)} "
+              f"({data['images_encoded']} encoded, {data['images_cached']} from the cache)", highlight=False,
+              markup=True)
 
 
 def _print_retrieval(data: dict) -> None:
@@ -122,12 +123,12 @@ def _print_retrieval(data: dict) -> None:
 def _print_classification(data: dict) -> None:
     zs = data["zero_shot"]
     _print_head(data, f", {len(data['classes'])} classes (chance {data['chance']:.3f})")
-    out.print(f"zero-shot with {rx(repr(zs['templates']))}: top-1 [bold]{zs['top1']:.3f}[/], top-5 {_f(zs['top5'])}, "
-              f"mean per-class {zs['mean_per_class_accuracy']:.3f}, expected calibration error {zs['ece']:.4f}",
-              highlight=False)
+    out.print(f"zero-shot with {shown(repr(zs['templates']))}: top-1 [bold]{zs['top1']:.3f}[/], top-5 "
+              f"{_f(zs['top5'])}, mean per-class {zs['mean_per_class_accuracy']:.3f}, expected calibration error "
+              f"{zs['ece']:.4f}", highlight=False, markup=True)
     table = Table("template set", "top-1", "top-5", "mean per-class", "ECE", title="template sets")
     for row in data["template_sets"]:
-        table.add_row(rx(row["name"]), _f(row["top1"]), _f(row["top5"]), _f(row["mean_per_class_accuracy"]),
+        table.add_row(row["name"], _f(row["top1"]), _f(row["top5"]), _f(row["mean_per_class_accuracy"]),
                       _f(row["ece"], 4))
     out.print(table)
     if data["few_shot"]:
@@ -138,12 +139,12 @@ def _print_classification(data: dict) -> None:
         out.print(table)
     worst = sorted((r for r in zs["per_class"] if r["accuracy"] is not None), key=lambda r: r["accuracy"])[:5]
     out.print("worst classes: " + ", ".join(f"{r['name']} {r['accuracy']:.2f} ({r['images']})" for r in worst),
-              highlight=False, markup=False)
+              highlight=False)
     if zs["most_confused"]:
         top = zs["most_confused"][0]
         images = f"{top['count']} image{'s' if top['count'] > 1 else ''}"
         out.print(f"most confused: {top['true']} → {top['predicted']} ({images}, {top['share']:.0%} of the class)",
-                  highlight=False, markup=False)
+                  highlight=False)
 
 
 def audit_command(images_csv: Path = typer.Argument(..., help="CSV with the image path and one column per attribute."),
@@ -183,20 +184,20 @@ def audit_command(images_csv: Path = typer.Argument(..., help="CSV with the imag
 
 def _print_audit(data: dict) -> None:
     for line in data["summary"]:
-        out.print(f"• {line}", highlight=False, markup=False)
+        out.print(f"• {line}", highlight=False)
     for cs in data["class_sets"]:
         for column in cs["by_column"]:
             found = [d for d in column["disparities"] if d["significant"]]
             if not found:
                 continue
             table = Table("class", "largest", "smallest", "difference", f"{data['confidence']:.0%} interval",
-                          "ratio", title=rx(f"disparities: {cs['name']} by {column['column']}"))
+                          "ratio", title=f"disparities: {cs['name']} by {column['column']}")
             for d in sorted(found, key=lambda d: -d["difference"]):
-                name = f"[red]{rx(d['class'])}[/]" if d["harmful"] else rx(d["class"])
-                table.add_row(name, f"{rx(d['largest']['group'])} {d['largest']['rate']:.1%}",
-                              f"{rx(d['smallest']['group'])} {d['smallest']['rate']:.1%}",
+                name = Text(d["class"], style="red" if d["harmful"] else "")
+                table.add_row(name, f"{d['largest']['group']} {d['largest']['rate']:.1%}",
+                              f"{d['smallest']['group']} {d['smallest']['rate']:.1%}",
                               f"{d['difference'] * 100:+.1f} pts",
                               f"{d['difference_ci'][0] * 100:+.1f} to {d['difference_ci'][1] * 100:+.1f}",
                               f"{d['ratio']:.2f}")
             out.print(table)
-    out.print("[dim]what this audit can and cannot show: see the report[/]", highlight=False)
+    out.print("[dim]what this audit can and cannot show: see the report[/]", highlight=False, markup=True)

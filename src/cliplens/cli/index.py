@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, OverwriteOpt, PrecisionOpt, TopOpt,
-                                 WorkersOpt, add, between, check_output, emit_json, err, out,
-                                 progress, rate_updater, report_skipped)
+                                 WorkersOpt, above_up_to, add, api_json_option, check_output, emit_json, err, out,
+                                 progress, rate_updater, report_skipped, shown)
 from cliplens.errors import UsageError
 
 IndexOpt = typer.Option(None, "--index", envvar="CLIPLENS_INDEX", metavar="DIR",
@@ -61,21 +60,27 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
             emit_json({"errors": [{"path": cliplens.display_path(p), "reason": r} for p, r in listed]})
         else:
             for path, reason in listed:
-                out.print(f"{escape(cliplens.display_path(path))}: {escape(reason)}", highlight=False)
+                out.print(f"{cliplens.display_path(path)}: {reason}", highlight=False)
             err.print(f"{len(listed)} file(s) could not be indexed", highlight=False)
         return
     if export is not None:
         check_output(export, "export", overwrite=overwrite, folder=True)
         files = cliplens.export_index(index, export, overwrite=overwrite)
-        summary = {"out": str(export), "files": [str(f) for f in files]}
-        emit_json(summary) if as_json else err.print(f"exported the index's vectors → {export}", highlight=False)
+        summary = {"out": cliplens.display_path(export), "files": [cliplens.display_path(f) for f in files]}
+        if as_json:
+            emit_json(summary)
+        else:
+            err.print(f"exported the index's vectors → {summary['out']}", highlight=False)
         return
+    imported = None
     if import_dir is not None:
-        with err.status(f"importing vectors from {import_dir}"):
-            added = cliplens.import_index(index, import_dir, model)
-        emit_json({"imported": added}) if as_json else err.print(f"imported {added} vectors from {import_dir}",
-                                                                 highlight=False)
+        with err.status(f"importing vectors from {shown(import_dir)}"):  # a status line is markup
+            imported = cliplens.import_index(index, import_dir, model)
+        if not as_json:
+            err.print(f"imported {imported} vectors from {cliplens.display_path(import_dir)}", highlight=False)
         if not folders:
+            if as_json:
+                emit_json({"imported": imported})
             return
     if not folders:
         raise UsageError("give folders to index (or list errors, export or import vectors)", parameter="folders")
@@ -90,8 +95,8 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
         err.print(f"rebuilt the index: kept {run.recovered.kept} rows, lost {run.recovered.lost}; the old database is "
                   f"{cliplens.display_path(run.recovered.moved_to)}", highlight=False)
     report_skipped(run.errors)
-    if as_json:
-        emit_json(run.to_dict())
+    if as_json:  # one object: the run, and what an --import before it added
+        emit_json(run.to_dict() | ({"imported": imported} if imported is not None else {}))
     else:
         err.print(f"{run.files} files: {run.encoded} encoded, {run.unchanged} unchanged, {run.reused} reused by "
                   f"content, {run.moved} moved, {run.removed} removed, {run.failed} failed ({run.seconds:.1f} s) "
@@ -113,7 +118,8 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
                                                      help="Only results whose score is at least this."),
            index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
            device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
-           precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
+           precision: Optional[str] = PrecisionOpt,
+           as_json: bool = api_json_option("POST /v1/search", less="the thumbnail URLs")) -> None:
     """Search the index in words, by example image, or both; best matches first.
 
     Scores are cosines with the query, or, re-ranked (models that ship a calibration, as demo does), the
@@ -132,13 +138,14 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     if not result.hits:
         err.print("no results" + (f" scoring at least {threshold}" if threshold is not None else ""), highlight=False)
     else:
-        err.print(f"[dim]score: {'cosine with the query' if result.score_kind == 'similarity' else 'margin over each image’s best reference caption'}[/]",
-                  highlight=False)
+        kind = "cosine with the query" if result.score_kind == "similarity" else \
+            "margin over each image’s best reference caption"
+        err.print(f"[dim]score: {kind}[/]", highlight=False, markup=True)
     for rank, hit in enumerate(result.hits, 1):
-        out.print(f"{rank:3d}  {hit.score:.3f}  {escape(cliplens.display_path(hit.path))}", highlight=False)
+        out.print(f"{rank:3d}  {hit.score:.3f}  {cliplens.display_path(hit.path)}", highlight=False)
 
 
-def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=between(0, 1),
+def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=above_up_to(0, 1),
                                            help="Cosine similarity from which two images count as near-duplicates."),
            index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
     """Groups of near-duplicate images in the index (resized, re-encoded, lightly edited copies)."""
@@ -156,6 +163,6 @@ def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE"
         out.print(f"group {number} ({len(group.paths)} files, each pair's similarity ≥ {group.score:.3f})",
                   highlight=False)
         for path in group.paths:
-            out.print(f"  {escape(cliplens.display_path(path))}", highlight=False)
+            out.print(f"  {cliplens.display_path(path)}", highlight=False)
     err.print(f"{len(groups)} group(s) of near-duplicates among {count} images (threshold {threshold})",
               highlight=False)

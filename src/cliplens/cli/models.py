@@ -35,9 +35,9 @@ def models_pull(model: str = typer.Argument(..., help="Hub id or alias.")) -> No
     from huggingface_hub.utils import enable_progress_bars
 
     enable_progress_bars()  # a download is long: show its bars
-    print(cliplens.pull_model(model))
+    print(cliplens.display_path(cliplens.pull_model(model)))
 
 
 def models_path(model: str = typer.Argument(..., help="Hub id, alias or folder.")) -> None:
     """Print the local folder of a model (e.g. of demo); never downloads."""
-    print(cliplens.resolve_model_dir(model, allow_download=False))
+    print(cliplens.display_path(cliplens.resolve_model_dir(model, allow_download=False)))

@@ -1,6 +1,7 @@
 """Writing results of many images as CSV or JSONL, one row per image as it is scored.
 
-Rows are flushed as they are written, so an interrupted run keeps every result it produced.
+Rows are flushed as they are written: on stdout an interrupted run keeps every row it printed; a file is
+written under a temporary name (:func:`cliplens.atomic_write`) and appears, whole, when the run ends.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ def demo_data(out_dir: Path = typer.Option(..., "--out", "-o", metavar="DIR", he
         pairs = cliplens.write_demo_data(out_dir, n, seed=seed, size=size, mixed=mixed, words=words,
                                          on_progress=lambda done: update(done, n))
     if as_json:
-        emit_json({"pairs": str(pairs), "count": n, "seed": seed, "mixed": mixed, "words": words})
+        emit_json({"pairs": cliplens.display_path(pairs), "count": n, "seed": seed, "mixed": mixed, "words": words})
     else:
-        err.print(f"wrote {n} pairs → {pairs}", highlight=False)
+        err.print(f"wrote {n} pairs → {cliplens.display_path(pairs)}", highlight=False)
 
 
 def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."),
@@ -78,12 +78,12 @@ def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."
 
         result = cliplens.train_model(cfg, resume=resume, on_step=on_step, on_load=load_update)
     report_skipped(result.skipped)
-    summary = {"out": str(result.out), "steps": result.steps, "final_loss": result.final_loss,
+    summary = {"out": cliplens.display_path(result.out), "steps": result.steps, "final_loss": result.final_loss,
                "images": result.images, "skipped": len(result.skipped)}
     if as_json:
         emit_json(summary)
     else:
         err.print(f"trained {result.steps} steps on {result.images} images (final loss {result.final_loss:.4f}) "
-                  f"→ {result.out}", highlight=False)
+                  f"→ {summary['out']}", highlight=False)
     if result.skipped:
         raise typer.Exit(1)
