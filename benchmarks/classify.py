@@ -5,34 +5,66 @@
 Prints: top-1 per prompt style; the largest probability difference from transformers'
 zero-shot-image-classification pipeline; how often "none of these" is flagged for label sets with and
 without the true label (with the model's calibration and with none); conformal coverage and set sizes;
-multi-label results on two-shape images; and batch throughput from PNG files.
+multi-label results on two-shape images; and batch throughput from PNG files. Uses only the public API
+(``import cliplens``): the images come from ``cliplens.write_demo_data``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import cliplens
-from cliplens.calibration import default_calibration
-from cliplens.demo_data import DEMO_LABELS, SHAPES, generate
 
 SEED = 20261122
+DEMO_LABELS = list(cliplens.DEMO_LABELS)
+SHAPES = list(dict.fromkeys(label.split()[-1] for label in DEMO_LABELS))
+CALIBRATION_FILE = "cliplens_calibration.json"  # the calibration a model ships beside its weights
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated image (its PNG file, loaded) and what it shows."""
+
+    path: Path
+    image: object
+    label: str  # "red circle", or "red circle and blue star" in a two-shape scene
+    labels: tuple[str, ...]  # every colour–shape label true of it
+    colour: str
+    shape: str
+    shapes: frozenset[str]
+
+
+def demo_samples(folder: Path, n: int, seed: int, mixed: float = 0.0) -> list[Sample]:
+    """``n`` demo images written into ``folder`` by ``cliplens.write_demo_data``, with what each shows."""
+    pairs = cliplens.write_demo_data(folder, n, seed=seed, mixed=mixed)
+    samples = []
+    with open(pairs, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            labels = (f"{row['colour']} {row['shape']}",) + ((f"{row['colour2']} {row['shape2']}",)
+                                                            if row["shape2"] else ())
+            samples.append(Sample(pairs.parent / row["path"], cliplens.load_image(pairs.parent / row["path"]),
+                                  row["label"], labels, row["colour"], row["shape"],
+                                  frozenset(filter(None, (row["shape"], row["shape2"])))))
+    return samples
 
 
 def label_sets(samples, rng, unrelated_only):
     """(labels with the truth, labels without it) per image, 2–6 labels each."""
     cases = []
     for sample in samples:
-        scene, k = sample.scene, rng.randint(2, 6)
-        others = [label for label in DEMO_LABELS if label != scene.label]
-        pool = [label for label in others if scene.colour not in label and scene.shape not in label] if unrelated_only else others
-        cases.append(([scene.label, *rng.sample(others, k - 1)], rng.sample(pool, k)))
+        k = rng.randint(2, 6)
+        others = [label for label in DEMO_LABELS if label != sample.label]
+        pool = ([label for label in others if sample.colour not in label and sample.shape not in label]
+                if unrelated_only else others)
+        cases.append(([sample.label, *rng.sample(others, k - 1)], rng.sample(pool, k)))
     return cases
 
 
@@ -51,9 +83,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
     encoder = cliplens.load_model(args.model)
-    samples = list(generate(args.n, seed=SEED))
+    work = tempfile.TemporaryDirectory()
+    samples = demo_samples(Path(work.name) / "held-out", args.n, SEED)
     vectors = encoder.encode_images([s.image for s in samples])
-    truth = [s.scene.label for s in samples]
+    truth = [s.label for s in samples]
     names = [""] * len(samples)
 
     print(f"model {args.model}, {args.n} held-out images (seed {SEED}), 30 colour × shape labels")
@@ -75,7 +108,8 @@ def main() -> None:
         worst = max(worst, max(abs(s.probability - theirs[s.label]) for s in ours.labels))
     print(f"  largest |p - transformers pipeline| over 50 images × 5 labels: {worst:.2e}")
 
-    shipped = default_calibration(encoder.info.path)
+    shipped_file = Path(encoder.info.path) / CALIBRATION_FILE
+    shipped = cliplens.Calibration.load(shipped_file) if shipped_file.is_file() else None
     subset, subset_vectors = samples[:500], vectors[:500]
     for what, unrelated in (("labels sharing neither colour nor shape", True), ("any wrong labels", False)):
         cases = label_sets(subset, random.Random(2), unrelated)
@@ -95,27 +129,27 @@ def main() -> None:
             print(f"  conformal {coverage:.0%}: coverage {covered:.3f}, mean set size {np.mean(sizes):.2f}, "
                   f"empty {np.mean([s == 0 for s in sizes]):.3f}")
 
-    mixed = list(generate(500, seed=SEED + 2, mixed=1.0))
+    mixed = demo_samples(Path(work.name) / "mixed", min(500, args.n), SEED + 2, mixed=1.0)
     mixed_vectors = encoder.encode_images([s.image for s in mixed])
-    for what, labels, truths in (("5 shape labels", SHAPES, [{m.scene.shape, m.scene.shape2} for m in mixed]),
-                                 ("30 colour-shape labels", DEMO_LABELS, [set(m.scene.labels) for m in mixed])):
+    for what, labels, truths in (("5 shape labels", SHAPES, [set(m.shapes) for m in mixed]),
+                                 ("30 colour-shape labels", DEMO_LABELS, [set(m.labels) for m in mixed])):
         results = cliplens.Classifier(labels, encoder, multi_label=True).score_vectors(mixed_vectors, [""] * len(mixed))
         present = [{s.label for s in r.labels if s.probability >= 0.5} for r in results]
         both = np.mean([t <= p for t, p in zip(truths, present)])
         exact = np.mean([t == p for t, p in zip(truths, present)])
-        print(f"  multi-label on 500 two-shape images, {what}: both ≥ 50% in {both:.3f}, exactly them in "
+        print(f"  multi-label on {len(mixed)} two-shape images, {what}: both ≥ 50% in {both:.3f}, exactly them in "
               f"{exact:.3f}, {np.mean([len(p) for p in present]):.2f} labels ≥ 50% per image")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i, sample in enumerate(samples):
-            paths.append(Path(tmp) / f"{i}.png")
-            sample.image.resize((256, 256)).save(paths[-1])
-        classifier = cliplens.Classifier(DEMO_LABELS, encoder)
-        start = time.perf_counter()
-        count = sum(1 for _ in classifier.classify_many(paths))
-        elapsed = time.perf_counter() - start
-        print(f"  classify_many: {count} 256-px PNGs in {elapsed:.2f} s = {count / elapsed:.0f} images/s")
+    paths = []
+    for i, sample in enumerate(samples):
+        paths.append(Path(work.name) / f"{i}.png")
+        sample.image.resize((256, 256)).save(paths[-1])
+    classifier = cliplens.Classifier(DEMO_LABELS, encoder)
+    start = time.perf_counter()
+    count = sum(1 for _ in classifier.classify_many(paths))
+    elapsed = time.perf_counter() - start
+    print(f"  classify_many: {count} 256-px PNGs in {elapsed:.2f} s = {count / elapsed:.0f} images/s")
+    work.cleanup()
 
 
 if __name__ == "__main__":

@@ -106,31 +106,47 @@ def test_at_most_twelve_top_level_modules():
     assert len(top) <= MAX_TOP_LEVEL_MODULES, top
 
 
-def _message_strings(node: ast.AST) -> list[str]:
-    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+#: The interfaces, which speak in flags; everything else is library and names parameters.
+INTERFACES = ("cliplens.cli", "cliplens.service", "cliplens.bench")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and its functions (they may speak of flags)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def flags_in_library_strings(path: Path) -> list[str]:
+    """Every string constant of a module (f-string parts included, docstrings and comments not) that names a
+    command-line flag, as ``LINE: text``."""
+    tree = ast.parse(path.read_text())
+    docstrings = _docstrings(tree)
+    return [f"{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and FLAG.search(node.value)]
 
 
 def test_no_library_error_names_a_command_line_flag():
-    """Library errors and warnings name parameters (``parameter=``); only the CLI names flags."""
-    offenders = []
-    for name, path in modules().items():
-        if name.startswith(("cliplens.cli", "cliplens.bench")):
-            continue
-        tree = ast.parse(path.read_text())
-        constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                     for t in n.targets if isinstance(t, ast.Name)
-                     and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
-        for node in ast.walk(tree):
-            is_warning = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                          and node.func.attr == "warn")
-            if not isinstance(node, ast.Raise) and not is_warning:
-                continue
-            texts = _message_strings(node)
-            texts += [constants[n.id] for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in constants]
-            for text in texts:
-                if FLAG.search(text):
-                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {text!r}")
+    """Library text (errors, warnings, reports, summaries: every string constant outside the interfaces) names
+    parameters (``parameter=``), never flags; only the CLI names flags."""
+    offenders = [f"{path.relative_to(PACKAGE)}:{found}" for name, path in modules().items()
+                 if not name.startswith(INTERFACES) for found in flags_in_library_strings(path)]
     assert offenders == []
+
+
+def test_the_flag_check_finds_flags_in_any_library_string(tmp_path):
+    """The checker itself: a flag in a list of report sentences is found, as in an error; docstrings are not."""
+    module = tmp_path / "m.py"
+    module.write_text('"""Docs may say --alt-classes."""\n'
+                      'LINES = ["try other class sets with --alt-classes."]\n'
+                      'def f(x):\n    raise ValueError(f"{x}: pass --overwrite")\n')
+    found = flags_in_library_strings(module)
+    assert len(found) == 2 and "--alt-classes" in found[0] and "--overwrite" in found[1]
 
 
 def test_errors_carry_their_parameter_and_the_cli_names_its_flag():
@@ -189,3 +205,62 @@ def test_interfaces_use_only_the_public_api(package):
     if package == "cliplens.cli":  # the CLI's help tidying subclasses typer's parameters, on purpose
         breaches = [b for b in breaches if "_get_number_range_help_str" not in b and "_usage_display_name" not in b]
     assert breaches == []
+
+
+# --- names that point elsewhere --------------------------------------------------------------------------
+
+ROOT = PACKAGE.parents[1]
+REFERENCE = re.compile(r":(?:mod|func|class|meth|data|attr):`~?(cliplens(?:\.\w+)+)`")
+TEST_FILE = re.compile(r"\btests/[\w/]+\.py\b")
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a cliplens module, or something defined in one (``cliplens.x.Class.method``)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_docstrings_name_modules_objects_and_test_files_that_exist():
+    """A renamed module, a moved object or a moved test file leaves no stale name behind in the package."""
+    stale = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        stale += [f"{path.relative_to(ROOT)}: {name}" for name in REFERENCE.findall(text) if not _resolves(name)]
+        stale += [f"{path.relative_to(ROOT)}: {name}" for name in TEST_FILE.findall(text)
+                  if not (ROOT / name).is_file()]
+    assert stale == []
+
+
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmark_scripts_use_the_public_api_and_start(script):
+    """The scripts in benchmarks/ import ``cliplens`` and use only ``cliplens.__all__``, so they keep working
+    when the package is regrouped; each starts (``--help``)."""
+    breaches = []
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cliplens"):
+            breaches += [f"from {node.module} import {a.name}" for a in node.names
+                         if node.module != "cliplens" or a.name not in cliplens.__all__]
+        elif isinstance(node, ast.Import):
+            breaches += [f"import {a.name}" for a in node.names if a.name.startswith("cliplens.")]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cliplens"
+              and node.attr not in cliplens.__all__):
+            breaches.append(f"cliplens.{node.attr}")
+    assert breaches == []
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]

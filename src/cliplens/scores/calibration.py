@@ -6,7 +6,7 @@
   before and after);
 * the **fit detector**: the probability that a label fits the image at all, a logistic function of
   the label's logit and its margin below the image's best reference caption (see
-  :mod:`cliplens.reference`). It is fitted on each image twice, offered a few random classes: once
+  :mod:`cliplens.text.reference`). It is fitted on each image twice, offered a few random classes: once
   with its true class among them (a label fits) and once without (none fits). "None of these" is
   one minus the detector's probability for the best label;
 * the **conformal scores** ``1 - p(true class)``, whose quantile turns a requested coverage into a
