@@ -12,9 +12,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ import pytest
 
 import cliplens
 from cliplens.index.photos import complete_linkage
-from cliplens.inputs.demo_data import write_demo_data
+from cliplens.index.store import IndexStore
+from cliplens.inputs.demo_data import generate, write_demo_data
 
 from conftest import run_cli
 
@@ -37,6 +40,13 @@ def _unprivileged(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **kwargs.pop("env", {})}
     return subprocess.run([*prefix, sys.executable, "-m", "cliplens.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300, **kwargs)
+
+
+def _unprivileged_python(code: str, *args) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` in a process that file permissions apply to."""
+    prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
 
 
 def _one_line(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -182,6 +192,216 @@ def test_a_closed_stdout_ends_commands_quietly(photos, tmp_path):
         assert "Traceback" not in stderr and "Broken" not in stderr and "error" not in stderr.lower(), stderr
 
 
+STRICT = {"PYTHONIOENCODING": "utf-8:strict"}  # stdout as a UTF-8 terminal or pipe takes it: no lone surrogates
+WEIRD = (os.fsdecode(b"caf\xff [old photos]"), "a[", "x]")  # not UTF-8, a bracketed word, and "[/x]" in the path
+
+
+def _weird(root: Path) -> Path:
+    """A folder under ``root`` whose path is not UTF-8 and reads as markup (``caf\\xff [old photos]/a[/x]``)."""
+    folder = root.joinpath(*WEIRD)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _shown(path: Path) -> str:
+    """How cliplens prints ``path``: its bytes that are not UTF-8 escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def test_outputs_with_odd_names_are_printed_whole_and_escaped(photos, tmp_path):
+    """Under a strict UTF-8 stdout, every command prints and reports the outputs it wrote (text and JSON) with
+    odd bytes escaped and brackets kept: nothing fails at the end, nothing vanishes as markup."""
+    out = _weird(tmp_path)
+    shown = _shown(out)
+    assert shown.endswith("caf\\xff [old photos]/a[/x]")
+    proc = run_cli("dream", "a red circle", "--out", out / "d.png", "--frames", out / "frames", "--gif", out / "d.gif",
+                   "--steps", "3", "--model", "demo", "-l", "red circle", "-l", "blue square", "--json", env=STRICT)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["out"], data["frames"], data["gif"]) == (f"{shown}/d.png", f"{shown}/frames", f"{shown}/d.gif")
+    assert data["classification"]["image"] == f"{shown}/d.png"
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"0000{i}.png" for i in range(4)]
+    proc = run_cli("dream", "a red circle", "--out", out / "e.png", "--frames", out / "more", "--steps", "2",
+                   "--model", "demo", env=STRICT)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{shown}/e.png: similarity"), proc.stderr
+    assert f"frames → {shown}/more" in proc.stderr
+
+    proc = run_cli("classify", photos, *LABELS, "--model", "demo", "-o", out / "c.csv", env=STRICT)
+    assert proc.returncode == 0 and f"→ {shown}/c.csv" in proc.stderr, proc.stderr
+    proc = run_cli("rank", "a red circle", photos, "--copy-to", out / "best", "-k", "2", "--model", "demo", env=STRICT)
+    assert proc.returncode == 0 and f"copied 2 image(s) → {shown}/best" in proc.stderr, proc.stderr
+    proc = run_cli("embed", photos, "--out", out / "emb", "--model", "demo", env=STRICT)
+    assert proc.returncode == 0 and f"→ {shown}/emb" in proc.stderr, proc.stderr
+    proc = run_cli("embed", photos, "--out", out / "emb", "--overwrite", "--model", "demo", "--json", env=STRICT)
+    data = json.loads(proc.stdout)
+    assert data["out"] == f"{shown}/emb" and data["files"] and all(f.startswith(shown) for f in data["files"])
+
+    index = out / "index"
+    proc = run_cli("index", photos, "--index", index, "--model", "demo", env=STRICT)
+    assert proc.returncode == 0 and f"→ {shown}/index" in proc.stderr, proc.stderr
+    proc = run_cli("index", photos, "--index", index, "--json", env=STRICT)
+    assert json.loads(proc.stdout)["index"] == f"{shown}/index"
+    proc = run_cli("index", "--index", index, "--export", out / "exp", env=STRICT)
+    assert proc.returncode == 0 and f"→ {shown}/exp" in proc.stderr, proc.stderr
+    proc = run_cli("index", "--index", index, "--export", out / "exp", "--overwrite", "--json", env=STRICT)
+    data = json.loads(proc.stdout)
+    assert data["out"] == f"{shown}/exp" and all(f.startswith(f"{shown}/exp/") for f in data["files"])
+    proc = run_cli("index", "--index", out / "index2", "--import", out / "exp", "--model", "demo", env=STRICT)
+    assert proc.returncode == 0 and f"imported 10 vectors from {shown}/exp" in proc.stderr, proc.stderr
+    query = out / "q.png"
+    shutil.copy(next(photos.rglob("*.png")), query)
+    proc = run_cli("search", "--image", query, "--index", index, "-k", "1", "--json", env=STRICT)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["query"] == f"{shown}/q.png", proc.stderr
+
+    data_dir = tmp_path / "cal"
+    for i, sample in enumerate(generate(30, seed=71)):
+        folder = data_dir / (os.fsdecode(b"\xff") + sample.scene.shape)
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.image.save(folder / f"{i}.png")
+    proc = run_cli("calibrate", data_dir, "--model", "demo", "--out", out / "cal.json", "--json", env=STRICT)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["out"] == f"{shown}/cal.json", proc.stderr
+    assert all(c.startswith("\\xff") for c in json.loads((out / "cal.json").read_bytes())["classes"])
+    proc = run_cli("eval", data_dir, "--report", out / "report", "--templates", "default", "--model", "demo",
+                   env=STRICT)
+    assert proc.returncode == 0 and f"report → {shown}/report/index.html" in proc.stderr, proc.stderr
+
+
+def test_eval_and_audit_report_classes_and_datasets_with_odd_names(photos, tmp_path):
+    """Class folders, datasets and class files named in bytes that are not UTF-8, or with brackets: the run
+    ends with its report (JSON, CSV and HTML, all valid UTF-8) and prints them escaped and whole."""
+    dataset = tmp_path / os.fsdecode(b"set\xff")
+    for i, image in enumerate(sorted(photos.rglob("*.png"))):
+        folder = dataset / (os.fsdecode(b"caf\xff") if i % 2 else "[old photos]")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / f"{i}.png")
+    report = tmp_path / "eval"
+    proc = run_cli("eval", dataset, "--report", report, "--templates", "default", "--model", "demo", env=STRICT)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((report / "report.json").read_bytes().decode("utf-8"))
+    assert {c["label"] for c in saved["classes"]} == {"caf\\xff", "[old photos]"}
+    assert saved["dataset"] == _shown(dataset) and "set\\xff" in proc.stdout
+    assert "[old photos]" in proc.stdout and "caf\\xff" in proc.stdout
+    rows = list(csv.DictReader((report / "predictions.csv").read_bytes().decode("utf-8").splitlines()))
+    assert len(rows) == 10 and {r["label"] for r in rows} == {"caf\\xff", "[old photos]"}
+    assert "caf\\xff" in (report / "index.html").read_bytes().decode("utf-8")
+
+    folder = tmp_path / os.fsdecode(b"aud\xffit")
+    (folder / "img").mkdir(parents=True)
+    with open(folder / os.fsdecode(b"pe\xffople.csv"), "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "group"])
+        for i, image in enumerate(sorted(photos.rglob("*.png"))):
+            shutil.copy(image, folder / "img" / f"{i}.png")
+            writer.writerow([f"img/{i}.png", "[odd]" if i % 2 else "even"])
+    classes = folder / os.fsdecode(b"cl\xffasses.txt")
+    classes.write_text("red circle\nblue square\ngreen triangle [harmful]\n")
+    report = tmp_path / "audit"
+    proc = run_cli("audit", folder / os.fsdecode(b"pe\xffople.csv"), "--group", "group", "--classes", classes,
+                   "--report", report, "--bootstrap", "200", "--model", "demo", env=STRICT)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((report / "report.json").read_bytes().decode("utf-8"))
+    assert saved["dataset"].endswith("aud\\xffit/pe\\xffople.csv")
+    assert saved["class_sets"][0]["name"] == "cl\\xffasses" and repr("cl\\xffasses") in proc.stdout  # quoted
+    rows = list(csv.DictReader((report / "predictions.csv").read_bytes().decode("utf-8").splitlines()))
+    assert len(rows) == 10 and all("aud\\xffit/img/" in r["path"] for r in rows) and "cl\\xffasses" in rows[0]
+    assert "cl\\xffasses" in (report / "index.html").read_bytes().decode("utf-8")
+
+
+def test_a_model_whose_folder_holds_a_file_named_oddly_loads(tmp_path):
+    """Every file of a model folder is hashed by name and content (to key its caches): an odd name is hashed
+    as its bytes. (The folder itself must have a UTF-8 name: safetensors cannot open any other.)"""
+    model = tmp_path / "model [v2]"
+    shutil.copytree(cliplens.resolve_model_dir("demo"), model)
+    (model / os.fsdecode(b"notes\xff.txt")).write_text("kept beside the weights")  # hashed with the model's files
+    image = Path(cliplens.__file__).parent / "examples" / "blue-star.png"
+    proc = run_cli("classify", image, *LABELS, "--model", model, "--json", env=STRICT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"] == str(model)
+
+
+def test_an_output_folder_that_cannot_be_listed_is_refused(tmp_path):
+    """A report folder that can be written but not listed: the output check says so (an OutputError naming
+    the parameter), as for any output that cannot be used, before any work."""
+    blind = tmp_path / "blind"
+    blind.mkdir()
+    (blind / "old.json").write_text("keep me")
+    blind.chmod(0o300)  # can be written and entered, not listed
+    check = ("import sys, cliplens\n"
+             "try:\n    cliplens.check_output_folder(sys.argv[1], parameter='report')\n"
+             "except cliplens.OutputError as exc:\n    print(exc)\n")
+    try:
+        proc = _unprivileged_python(check, blind)
+    finally:
+        blind.chmod(0o755)
+    assert proc.returncode == 0 and proc.stdout == f"report {blind}: cannot list it (Permission denied)\n", proc
+    assert (blind / "old.json").read_text() == "keep me"
+
+
+def test_an_interrupted_classify_leaves_no_half_written_file(tmp_path):
+    """-o FILE is written under a temporary name: while the run goes, FILE is not there; Ctrl-C leaves neither."""
+    write_demo_data(tmp_path / "many", 3000, seed=29)
+    out = tmp_path / "results.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "cliplens.cli", "classify", str(tmp_path / "many" / "images"),
+                             *LABELS, "--model", "demo", "--batch-size", "8", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".results.csv.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".results.csv.*.tmp")), "the rows go to a temporary file first"
+        time.sleep(0.5)  # some rows are written
+        assert not out.exists()  # a reader never sees a half-written results.csv
+        proc.send_signal(signal.SIGINT)
+        stderr = proc.communicate(timeout=120)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert not out.exists() and not list(tmp_path.glob(".results.csv.*")), list(tmp_path.iterdir())
+
+
+def test_a_copy_or_frame_that_fails_midway_leaves_no_half_file(photos, tmp_path, monkeypatch, demo_model):
+    """A disk that fills up in the middle of a file: the file is not left half-written under its name."""
+    ranking = cliplens.rank_images("a red circle", sorted(photos.rglob("*.png")), demo_model, top=3)
+    real_copy = shutil.copy2
+    copies = []
+
+    def copy_then_fill_the_disk(source, target, **kwargs):
+        copies.append(target)
+        if len(copies) == 2:
+            Path(target).write_bytes(Path(source).read_bytes()[:100])  # half the file, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_copy(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copy2", copy_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        cliplens.copy_ranked(ranking, tmp_path / "best")
+    assert [p.name for p in (tmp_path / "best").iterdir()] == [f"001_{Path(ranking.results[0].path).name}"]
+
+    from PIL import Image
+
+    real_save = Image.Image.save
+    saved = []
+
+    def save_then_fill_the_disk(image, fp, *args, **kwargs):
+        saved.append(fp)
+        if len(saved) == 2:
+            fp.write(b"\x89PNG half")
+            raise OSError(28, "No space left on device")
+        return real_save(image, fp, *args, **kwargs)
+
+    from typer.testing import CliRunner
+
+    from cliplens.cli import app
+
+    monkeypatch.setattr(Image.Image, "save", save_then_fill_the_disk)
+    result = CliRunner().invoke(app, ["dream", "a red circle", "--out", str(tmp_path / "d.png"), "--frames",
+                                      str(tmp_path / "frames"), "--steps", "3", "--model", "demo"])
+    assert result.exit_code == 2 and "No space left" in result.stderr, result.output
+    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["00000.png"]  # whole frames only
+    with Image.open(tmp_path / "frames" / "00000.png") as frame:
+        frame.load()
+
+
 # --- the index -------------------------------------------------------------------------------------------
 
 def test_a_damaged_vector_index_is_caught_and_rebuilt(photos, tmp_path):
@@ -247,6 +467,99 @@ def test_dedupe_reports_the_true_least_similarity_of_each_group(photos, tmp_path
         sims = members @ members.T
         lowest = sims[np.triu_indices(len(members), 1)].min()
         assert lowest >= 0.5 and group.score == pytest.approx(float(lowest), abs=1e-6)
+
+
+def test_rebuild_drops_vectors_that_no_known_model_made(photos, tmp_path):
+    """A damaged database whose model binding cannot be read: its vectors could be any model's, so the rebuild
+    keeps none of them and encodes every file again with the model asked for."""
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    database = index / "index.sqlite"
+    db = sqlite3.connect(database)
+    page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(database.read_bytes())
+    data[(page - 1) * size : page * size] = b"\xa5" * size  # the meta table's page, overwritten
+    database.write_bytes(bytes(data))
+    _one_line(run_cli("index", photos, "--index", index, "--model", "demo"), 2, "damaged", "(pass --rebuild)")
+    proc = run_cli("index", photos, "--index", index, "--model", "demo", "--rebuild", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["recovered"]["kept"] == 0 and report["recovered"]["lost"] == 10 and report["encoded"] == 10
+    with sqlite3.connect(database) as db:
+        assert dict(db.execute("SELECT key, value FROM meta WHERE key IN ('model', 'dim')")) == {"model": "demo",
+                                                                                                "dim": "128"}
+        assert db.execute("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL").fetchone()[0] == 10
+
+
+def test_a_file_deleted_while_indexing_is_gone_not_an_error(photos, tmp_path, monkeypatch, demo_model):
+    """Files listed, then deleted before the run looks at them (a sync client, a camera import): the run
+    goes on, and a file the index held leaves it as any deleted file does."""
+    from cliplens.index import indexer
+
+    index = tmp_path / "index"
+    first = cliplens.update_index([photos], index, demo_model.name, backend="torch")
+    assert first.encoded == 10
+    real_expand = indexer.expand_paths
+    victims = sorted(photos.rglob("*.png"))[:2]
+
+    def list_then_delete(*args, **kwargs):
+        listed = real_expand(*args, **kwargs)
+        for victim in victims:
+            victim.unlink()  # gone between the listing and the look at each file
+        return listed
+
+    monkeypatch.setattr(indexer, "expand_paths", list_then_delete)
+    run = cliplens.update_index([photos], index, demo_model.name, backend="torch")
+    assert run.failed == 0 and run.errors == [] and (run.files, run.unchanged, run.removed) == (8, 8, 2)
+    store = IndexStore(index)
+    try:
+        assert not any(p.endswith(tuple(v.name for v in victims)) for p in store.rows())
+    finally:
+        store.close()
+
+
+def test_import_then_index_in_one_run_prints_one_json_object(photos, tmp_path):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+    assert run_cli("index", "--index", index, "--export", tmp_path / "exp").returncode == 0
+    more = tmp_path / "more"
+    write_demo_data(more, 3, seed=41)
+    proc = run_cli("index", "--index", tmp_path / "fresh", "--import", tmp_path / "exp", more, "--model", "demo",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # one object: the import and the run
+    assert report["imported"] == 10 and report["encoded"] == 3 and report["files"] == 3
+
+
+def test_a_search_index_that_cannot_be_opened_closes_its_database(photos, tmp_path, tiny_clip_dir):
+    index = tmp_path / "index"
+    assert run_cli("index", photos, "--index", index, "--model", "demo").returncode == 0
+
+    def open_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).startswith(str(index / "index.sqlite")))
+
+    before = open_files()
+    with pytest.raises(cliplens.ModelMismatchError) as refused:
+        cliplens.PhotoIndex(index, str(tiny_clip_dir))  # another model than the index's: refused in __init__
+    assert refused.value.parameter == "model" and open_files() == before  # nothing left open
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+def test_a_full_gpu_is_not_reported_as_damaged_files(monkeypatch):
+    """Moving a sound model to a device that has no room fails as that, never as a damaged checkpoint."""
+    torch = pytest.importorskip("torch")
+    from cliplens.models.hf import TransformersEncoder
+
+    def no_room(module, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(torch.nn.Module, "to", no_room)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        TransformersEncoder(cliplens.resolve_model_dir("demo"), name="demo", device="cpu")
 
 
 # --- set-up ----------------------------------------------------------------------------------------------
@@ -339,6 +652,44 @@ def test_docs_work_offline_and_declare_the_key(demo_model):
         document = client.get("/openapi.json").json()
         assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
         assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_a_damaged_index_is_503_and_shows_no_server_path(demo_model, tmp_path):
+    """The server's index damaged while it runs: each search is answered 503 with a generic message (the file
+    and the way out go to the server's log), never 400 naming index.sqlite where it lies."""
+    from fastapi.testclient import TestClient
+
+    from cliplens.service import ServiceConfig, create_app
+
+    write_demo_data(tmp_path / "Holiday", 6, seed=37)
+    index = tmp_path / "index"
+    cliplens.update_index([tmp_path / "Holiday"], index, "demo", backend="torch")
+    config = ServiceConfig(index=str(index), model="demo", backend="torch", api_key="", allowed_hosts=["testserver"])
+    with TestClient(create_app(config, encoder=demo_model)) as client:
+        assert client.post("/v1/search", json={"query": "a red circle", "top": 2}).status_code == 200
+        (index / "index.sqlite").write_bytes(b"this is not a database " * 500)  # overwritten under the server
+        answer = client.post("/v1/search", json={"query": "a red circle", "top": 2})
+    assert answer.status_code == 503 and answer.json()["error"] == "unavailable", answer.text
+    assert "damaged" in answer.json()["message"] and str(tmp_path) not in answer.text
+    assert "index.sqlite" not in answer.text
+
+
+def test_serve_names_the_docs_page_only_when_it_serves_one(tmp_path):
+    """Without swagger-ui-bundle (the serve extra brings it) there is no /docs page, and serve does not
+    claim one."""
+    from cliplens.bench.serve import ServerProcess
+
+    hidden = tmp_path / "site"
+    (hidden / "swagger_ui_bundle").mkdir(parents=True)
+    (hidden / "swagger_ui_bundle" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])
+    log = tmp_path / "serve.log"
+    with ServerProcess(["--model", "demo", "--backend", "torch"], env={"PYTHONPATH": path}, log=log) as server:
+        import httpx
+
+        assert httpx.get(server.url + "/docs", timeout=10).status_code == 404
+    line = next(line for line in log.read_text().splitlines() if "serving on" in line)
+    assert "(API at /v1)" in line and "docs" not in line
 
 
 @pytest.mark.slow
