@@ -24,7 +24,7 @@ def test_rank_puts_the_matching_image_first(demo_model, tmp_path):
         by_label.setdefault(sample.scene.label, []).append(sample)
     trials, wins = 0, 0
     for trial in range(40):
-        label = rng.choice([l for l in DEMO_LABELS if l in by_label])
+        label = rng.choice([name for name in DEMO_LABELS if name in by_label])
         target = rng.choice(by_label[label])
         others = [s for s in samples if s.scene.label != label]
         folder = tmp_path / f"trial{trial}"

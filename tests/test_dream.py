@@ -176,7 +176,7 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     assert data["out"] == str(out) and data["prompt"] == "a red circle" and data["negative"] == ["a red square"]
     assert data["steps"] == 12 and data["seed"] == 2 and data["seconds"] > 0 and data["model"] == "demo"
     assert len(data["similarities"]) == 12 and isinstance(data["similarity"], float)
-    assert [l["label"] for l in data["classification"]["labels"]] in (["red circle", "blue square"],
+    assert [s["label"] for s in data["classification"]["labels"]] in (["red circle", "blue square"],
                                                                      ["blue square", "red circle"])
     assert Image.open(out).size == (64, 64)
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00005.png", "00010.png", "00012.png"]

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 # Imported at collection, before any test starts threads: pytest rewrites schemathesis's modules on import,
 # and CPython 3.11 can fail with "AST constructor recursion depth mismatch" when that races another thread.
 schemathesis = pytest.importorskip("schemathesis")
-import schemathesis.specs.openapi.schemas  # noqa: E402,F401  (from_asgi imports it lazily otherwise)
+pytest.importorskip("schemathesis.specs.openapi.schemas")  # from_asgi imports it lazily otherwise
 from fastapi.testclient import TestClient  # noqa: E402
 
 TEST_HOSTS = ["testserver"]  # the name TestClient's requests carry (see HostMiddleware)
