@@ -119,9 +119,11 @@ def test_auto_follows_the_recorded_verdicts_per_purpose(auto_env, tmp_path):
     copy = _demo_copy(tmp_path)
     load_model(str(copy), cache=False)  # measured here
     measured = read_verdicts(copy, machine_key())
-    int8, fp32 = measured["onnx int8"], measured["onnx fp32"]
-    # int8 made the fastest and meeting the ranking bar, not the probability one: it indexes, fp32 classifies
-    record_verdicts(copy, [replace(int8, images_per_s=fp32.images_per_s * 3, probabilities=False, rankings=True)])
+    int8, fp32, torch = measured["onnx int8"], measured["onnx fp32"], measured["torch fp32"]
+    # int8 made the fastest and meeting the ranking bar, not the probability one, and ONNX fp32 faster than torch
+    # (timings of a model this small differ from run to run): int8 indexes, ONNX fp32 classifies
+    record_verdicts(copy, [replace(fp32, images_per_s=torch.images_per_s * 2, probabilities=True, rankings=True),
+                           replace(int8, images_per_s=torch.images_per_s * 6, probabilities=False, rankings=True)])
     assert load_model(str(copy), purpose="rankings", cache=False).info.runtime == "onnx int8"
     assert load_model(str(copy), purpose="probabilities", cache=False).info.runtime == "onnx fp32"
     # ONNX fp32 that does not reproduce torch is never used: torch fp32 is
