@@ -168,7 +168,8 @@ def test_caption_command_formats_and_bad_input(cli, tmp_path):
     proc = cli("caption", star, "--model", "demo", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"image", "caption", "llm", "banks"} and data["image"] == star
+    assert set(data) == {"image", "caption", "llm", "out_of_distribution", "banks"} and data["image"] == star
+    assert 0 <= data["out_of_distribution"] < 0.5
     assert list(data["banks"]) == ["demo_shapes", "demo_colours", "demo_backgrounds"]
     for labels in data["banks"].values():
         for label in labels:

@@ -23,6 +23,7 @@ from .scores.calibration import Calibration, FitDetector, resolve_calibration
 from .scores.probabilities import cosine, label_probabilities, sigmoid, softmax
 from .text.prompts import (DEFAULT_TEMPLATE, LabelWarning, clean_labels, label_embeddings, resolve_templates,
                            warn_unreadable)
+from .text.open_set import OpenSetEvidence
 from .text.reference import shared_vocabulary
 from .vectors.batches import iter_encoded_batches
 
@@ -44,8 +45,12 @@ class LabelScore:
 class Classification:
     """The labels of one image, best first, and the probability that none of them fits.
 
-    ``looks_like`` is the reference caption the image matches best (shown when no label fits);
-    ``prediction_set`` is the conformal set when a coverage level was asked for.
+    ``none_of_these`` combines two parts: ``no_label_fits`` (the best label scores well below the image's
+    best reference caption) and ``out_of_distribution`` (the image lies outside the world the model was
+    calibrated on: far from every calibration image, matched by negative captions; None without a
+    calibration that holds this evidence). ``looks_like`` is the reference caption the image matches
+    best (shown when no label fits); ``prediction_set`` is the conformal set when a coverage level was
+    asked for.
     """
 
     image: str
@@ -54,6 +59,8 @@ class Classification:
     none_of_these: float
     prediction_set: list[str] | None = None
     looks_like: str | None = None
+    no_label_fits: float | None = None
+    out_of_distribution: float | None = None
 
     @property
     def top(self) -> LabelScore:
@@ -65,14 +72,22 @@ class Classification:
 
     def to_dict(self) -> dict:
         """The JSON form (``--json`` and the HTTP API): image, model, labels (label, probability, similarity),
-        none_of_these, looks_like (and prediction_set when a coverage was asked for)."""
+        none_of_these with its parts (no_label_fits, out_of_distribution), looks_like (and prediction_set when
+        a coverage was asked for)."""
         data = {"image": self.image, "model": self.model,
                 "labels": [{"label": s.label, "probability": s.probability, "similarity": s.similarity}
                            for s in self.labels],
-                "none_of_these": self.none_of_these, "looks_like": self.looks_like}
+                "none_of_these": self.none_of_these,
+                "no_label_fits": self.none_of_these if self.no_label_fits is None else self.no_label_fits,
+                "out_of_distribution": self.out_of_distribution, "looks_like": self.looks_like}
         if self.prediction_set is not None:
             data["prediction_set"] = list(self.prediction_set)
         return data
+
+
+def none_of_these(no_label_fits: np.ndarray, outside: np.ndarray | None) -> np.ndarray:
+    """None of the labels is the answer when no label fits or the image lies outside the calibrated world."""
+    return no_label_fits if outside is None else 1.0 - (1.0 - outside) * (1.0 - no_label_fits)
 
 
 class Classifier:
@@ -115,6 +130,7 @@ class Classifier:
         self.reference_kept = self.reference.kept_for(self.encoder, self.labels)
         warn_unreadable(self.encoder, self.labels)
         self.text_vectors = label_embeddings(self.encoder, self.labels, self.templates)
+        self.open_set = OpenSetEvidence(self.encoder, self.calibration, self.reference)
 
     def _probabilities(self, sims: np.ndarray, logits: np.ndarray, fit: np.ndarray) -> np.ndarray:
         if self.encoder.score_kind == "softmax":
@@ -124,16 +140,24 @@ class Classifier:
                 return sigmoid(MULTI_LABEL_MARGIN - (logits.max(axis=1, keepdims=True) - logits))
         return label_probabilities(sims, self.encoder, self.temperature)
 
-    def score_vectors(self, image_vectors: np.ndarray, names: Sequence[str]) -> list[Classification]:
-        """Classifications of already-embedded images (rows of L2-normalised vectors)."""
+    def evidence(self, image_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+        """What "none of these" is made of, for embedded images: the cosines (N, K), each label's probability
+        of fitting (N, K), each image's probability of lying outside the calibrated world (N,) or None
+        without that evidence, and the reference caption each image looks like."""
         sims = cosine(image_vectors, self.text_vectors)
         logits = sims.astype(np.float64) * self.encoder.logit_scale
         reference_best, looks_like = self.reference.best_for_labels(self.encoder, image_vectors,
                                                                       self.reference_kept)
-        reference_logits = reference_best.astype(np.float64) * self.encoder.logit_scale
-        fit = self.detector.probability(logits, reference_logits)
+        fit = self.detector.probability(logits, reference_best.astype(np.float64) * self.encoder.logit_scale)
+        return sims, fit, self.open_set.probability(image_vectors), looks_like
+
+    def score_vectors(self, image_vectors: np.ndarray, names: Sequence[str]) -> list[Classification]:
+        """Classifications of already-embedded images (rows of L2-normalised vectors)."""
+        sims, fit, outside, looks_like = self.evidence(image_vectors)
+        logits = sims.astype(np.float64) * self.encoder.logit_scale
         probs = self._probabilities(sims, logits, fit)
-        none = 1.0 - fit.max(axis=1)
+        no_fit = 1.0 - fit.max(axis=1)
+        none = none_of_these(no_fit, outside)
         conformal = softmax(logits / self.temperature) if self.quantile is not None else None
         results = []
         for i, name in enumerate(names):
@@ -144,7 +168,8 @@ class Classifier:
                 prediction_set = [self.labels[j] for j in np.argsort(-conformal[i], kind="stable")
                                   if conformal[i, j] >= 1.0 - self.quantile]
             results.append(Classification(name, self.encoder.name, scores, float(none[i]), prediction_set,
-                                          looks_like[i]))
+                                          looks_like[i], float(no_fit[i]),
+                                          None if outside is None else float(outside[i])))
         return results
 
     def classify(self, image: ImageSource) -> Classification:

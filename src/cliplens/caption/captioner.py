@@ -31,6 +31,7 @@ from ..scores.calibration import Calibration, FitDetector, resolve_calibration
 from ..scores.probabilities import sigmoid
 from ..text.bank_vectors import TYPOGRAPHIC_PROMPTS, BankVectors, bank_vectors
 from ..text.banks import LabelBank, resolve_banks
+from ..text.open_set import OpenSetEvidence
 from ..text.reference import shared_vocabulary
 from ..vectors.batches import iter_encoded_batches
 
@@ -58,15 +59,17 @@ class Caption:
     image: str
     caption: str
     banks: dict[str, list[CaptionLabel]]
+    out_of_distribution: float | None = None  # P(the image lies outside the calibrated world); None without it
 
     def llm(self) -> str:
         """The line to put in a chat: ``[Image Attached: Image with a sheep in it. This is a photo.]``."""
         return f"[{LLM_PREFIX}: {self.caption}]" if self.caption else f"[{LLM_PREFIX}]"
 
     def to_dict(self) -> dict:
-        """The JSON form (``--json`` and the HTTP API): ``{"image", "caption", "llm", "banks": {NAME:
-        [{"label", "score", "typographic_suspect"}]}}``."""
+        """The JSON form (``--json`` and the HTTP API): ``{"image", "caption", "llm", "out_of_distribution",
+        "banks": {NAME: [{"label", "score", "typographic_suspect"}]}}``."""
         return {"image": self.image, "caption": self.caption, "llm": self.llm(),
+                "out_of_distribution": self.out_of_distribution,
                 "banks": {name: [{"label": c.label, "score": c.score, "typographic_suspect": c.typographic_suspect}
                                  for c in labels] for name, labels in self.banks.items()}}
 
@@ -128,6 +131,7 @@ class Captioner:
         bounds = np.cumsum([0] + [len(v.labels) for v in self.vectors])
         self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self._excluded: dict[str, np.ndarray] = {}
+        self.open_set = OpenSetEvidence(self.encoder, calibration, self.reference)
 
     @property
     def unreadable(self) -> dict[str, tuple[str, ...]]:
@@ -139,7 +143,7 @@ class Captioner:
     def _reference_for(self, label: str, reference_sims: np.ndarray, best: float) -> float:
         excluded = self._excluded.get(label)
         if excluded is None:
-            excluded = self._excluded[label] = self.reference.containing(self.encoder, label)
+            excluded = self._excluded[label] = self.reference.related(self.encoder, label)
         if len(excluded) == 0:
             return best
         masked = reference_sims.copy()
@@ -147,7 +151,8 @@ class Captioner:
         return float(masked.max()) if np.isfinite(masked).any() else -1.0
 
     def _judge(self, vector: np.ndarray, sims: np.ndarray, reference_sims: np.ndarray, best: float,
-               index: int, count: int) -> list[CaptionLabel]:
+               index: int, count: int, inside: float = 1.0) -> list[CaptionLabel]:
+        """``inside``: the probability that the image lies inside the calibrated world; a label fits only then."""
         held = self.vectors[index]
         n = min(len(sims), count)
         candidates = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
@@ -156,7 +161,7 @@ class Captioner:
         log_odds = self.detector.log_odds(scale * sims[candidates].astype(np.float64), scale * reference)
         margins = bank_margins(sims[candidates])
         bias, odds_weight, margin_weight = held.bank.calibration
-        fit = sigmoid(bias + odds_weight * log_odds + margin_weight * margins)
+        fit = inside * sigmoid(bias + odds_weight * log_odds + margin_weight * margins)
         suspect = typographic_suspects(sims[candidates],
                                        np.einsum("kwd,d->kw", np.asarray(held.written[candidates]), vector).max(axis=1))
         judged = [CaptionLabel(held.labels[k], float(p), bool(t), float(sims[k]), float(z), float(m))
@@ -175,7 +180,14 @@ class Captioner:
         sims = self._all[self._slices[index]] @ vector
         if len(sims) == 0:
             return []
-        return self._judge(vector, sims, reference_sims, float(reference_sims.max()), index, count)
+        return self._judge(vector, sims, reference_sims, float(reference_sims.max()), index, count,
+                           1.0 - self._outside(vector))
+
+    def _outside(self, vector: np.ndarray) -> float:
+        """P(the embedded image lies outside the calibrated world): a bank whose best label is out of
+        distribution contributes nothing. 0 without the evidence."""
+        probability = self.open_set.probability(vector[None, :])
+        return 0.0 if probability is None else float(probability[0])
 
     def _choose(self, bank: LabelBank, judged: list[CaptionLabel]) -> list[CaptionLabel]:
         return [c for c in judged if c.score >= bank.threshold][: bank.top_k]
@@ -195,18 +207,20 @@ class Captioner:
         reference_sims = self._reference_vectors @ vector
         best = float(reference_sims.max())
         sims_all = self._all @ vector if self._all is not None else np.zeros(0, np.float32)
+        outside = self._outside(vector)
         chosen, pools = {}, {}
         for index, (bank, part) in enumerate(zip(self.banks, self._slices)):
             sims = sims_all[part]
             if len(sims) == 0:
                 chosen[bank.name], pools[bank.name] = [], []
                 continue
-            judged = self._judge(vector, sims, reference_sims, best, index, max(CANDIDATES, 4 * bank.top_k))
+            judged = self._judge(vector, sims, reference_sims, best, index, max(CANDIDATES, 4 * bank.top_k),
+                                 1.0 - outside)
             chosen[bank.name] = self._choose(bank, judged)
             pools[bank.name] = [c for c in judged[:REFINE_POOL] if not c.typographic_suspect]
         if refine:
             chosen = self._refine(vector, chosen, pools, time.monotonic() + refine_seconds)
-        return Caption(name, self.compose(chosen), chosen)
+        return Caption(name, self.compose(chosen), chosen, outside if self.open_set.available else None)
 
     # --- refinement ----------------------------------------------------------------------------
 

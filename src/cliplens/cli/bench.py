@@ -39,13 +39,13 @@ BENCH_LABELS = ("a dog", "a cat", "a car", "a tree", "a house", "a beach", "a mo
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
     for name, fn in (("embed", bench_embed), ("classify", bench_classify), ("text", bench_text), ("coldstart", bench_coldstart),
-                     ("memory", bench_memory), ("parity", bench_parity), ("search", bench_search),
+                     ("memory", bench_memory), ("parity", bench_parity), ("open-set", bench_open_set), ("search", bench_search),
                      ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve)):
         add(bench_app, name, fn)
 
 
 def _machine() -> str:
-    from cliplens.models.machine import describe_cpu
+    from cliplens.bench.machine import describe_cpu
 
     return f"{describe_cpu()}, {platform.system()}"
 
@@ -88,7 +88,7 @@ def _require_clip(folder: Path) -> None:
 def _report_throughput(result, unit: str, detail: str, note: str, as_json: bool, extra: dict | None = None,
                        lines: tuple[str, ...] = ()) -> None:
     """Print a throughput comparison, or {model, UNIT, cliplens_UNIT_per_s, reference_UNIT_per_s, ratio, ...extra}."""
-    from cliplens.models.machine import cpu_features, describe_cpu
+    from cliplens.bench.machine import cpu_features, describe_cpu
 
     if as_json:
         emit_json({"model": result.model, unit: result.items, "backend": result.backend, "precision": result.precision,
@@ -110,12 +110,11 @@ def _timed_encoder(name: str, folder: Path, model: str | None, backend: str | No
                    purpose: str):
     """The encoder a throughput benchmark times, and the figures saying which runtime it is and why."""
     from cliplens.bench.choice import load_timed, timed_runtime
-    from cliplens.models.machine import machine_key
-    from cliplens.models.parity import read_verdicts
+    from cliplens.bench.machine import recorded_verdict
 
     if backend or precision:  # the user named the runtime: time it, with its own verdict when one was measured
         encoder = load_model_with_status(str(folder), "cpu", backend, precision, purpose=purpose)
-        verdict = read_verdicts(folder, machine_key()).get(encoder.info.runtime)
+        verdict = recorded_verdict(folder, encoder.info.runtime)
         figures = {"runtime_choice": {"reason": "named on the command line"},
                    "recall_at_10_vs_fp32": round(verdict.recall_at_10, 4) if verdict else None,
                    "max_probability_delta_probe": round(verdict.max_probability_delta, 6) if verdict else None}
@@ -132,9 +131,9 @@ def _timed_encoder(name: str, folder: Path, model: str | None, backend: str | No
 
 
 def _target_ratio(avx512: float, avx2: float) -> float:
-    from cliplens.models.machine import cpu_features
+    from cliplens.bench.machine import has_avx512
 
-    return avx512 if "avx512f" in cpu_features() else avx2
+    return avx512 if has_avx512() else avx2
 
 
 def bench_embed(images: Path | None = typer.Option(None, "--images", help="Folder of images (default: 200 generated 3000×2000 JPEGs)."),
@@ -267,13 +266,8 @@ def bench_parity(model: str | None = ModelOpt,
     the fastest runtime that meets its contract.
     """
     from cliplens.bench.parity import check_parity
-    from cliplens.models.machine import describe_cpu
-    from cliplens.models.parity import (
-        FP32_TOLERANCE,
-        PROBABILITY_TOLERANCE,
-        RANKING_RECALL,
-        TOP1_AGREEMENT,
-    )
+    from cliplens.bench.machine import describe_cpu
+    from cliplens.bench.machine import contracts as parity_contracts
 
     paths = None
     if images is not None:
@@ -285,9 +279,7 @@ def bench_parity(model: str | None = ModelOpt,
     with status:
         verdicts = check_parity(model, images=paths, labels=labels, n=n, on_status=status.update)
     name = model or cliplens.DEFAULT_MODEL
-    contracts = {"probabilities": {"max_probability_delta": PROBABILITY_TOLERANCE, "fp32_max_probability_delta":
-                                   FP32_TOLERANCE, "top1_agreement": TOP1_AGREEMENT},
-                 "rankings": {"recall_at_10": RANKING_RECALL}}
+    contracts = parity_contracts()
     faithful = all(v.probabilities and v.rankings for v in verdicts if v.runtime.endswith("fp32"))
     if as_json:
         emit_json({"model": name, "cpu": describe_cpu(), "images": verdicts[0].images, "labels": verdicts[0].labels,
@@ -303,12 +295,47 @@ def bench_parity(model: str | None = ModelOpt,
                           f"{v.recall_at_10:.3f}", f"{v.images_per_s:.1f}" if v.images_per_s else "-",
                           "meets" if v.probabilities else "NO", "meets" if v.rankings else "NO")
         out.print(table)
+        bars = contracts["probabilities"]
         err.print(f"{name}: {verdicts[0].images} images, {verdicts[0].labels} labels, against torch fp32 on "
-                  f"{describe_cpu()}. Probabilities: every one within {PROBABILITY_TOLERANCE} (fp32 runtimes: "
-                  f"{FP32_TOLERANCE}) and the same top label on ≥ {TOP1_AGREEMENT:.1%} of images; rankings: "
-                  f"recall@10 ≥ {RANKING_RECALL}.", highlight=False)
+                  f"{describe_cpu()}. Probabilities: every one within {bars['max_probability_delta']} (fp32 runtimes: "
+                  f"{bars['fp32_max_probability_delta']}) and the same top label on ≥ {bars['top1_agreement']:.1%} of "
+                  f"images; rankings: recall@10 ≥ {contracts['rankings']['recall_at_10']}.", highlight=False)
     if not faithful:  # an fp32 runtime that does not reproduce fp32 is a bug, not a trade-off
         raise typer.Exit(1)
+
+
+def bench_open_set(model: str = typer.Option("demo", "--model", "-m", help="Model to measure (default: the demo model, "
+                                                                      "whose calibration holds the open-set evidence)."),
+                   inside: int = typer.Option(600, "--inside", callback=at_least(10), help="In-distribution scenes."),
+                   per_kind: int = typer.Option(100, "--per-kind", callback=at_least(10),
+                                                help="Out-of-distribution images of each kind."),
+                   seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
+                   as_json: bool = JsonOpt) -> None:
+    """How well "none of these" separates the labels' world from everything else: AUROC and FPR at 95% TPR
+    (in-distribution scenes offered their own label against generated out-of-distribution images), and the
+    rates flagged at the default threshold."""
+    from cliplens.bench.open_set import open_set_benchmark
+
+    status = err.status("measuring")
+    with status:
+        result = open_set_benchmark(model, inside=inside, per_kind=per_kind, seed=seed, on_status=status.update)
+    figures = result.to_dict()
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"AUROC {result.auroc:.4f}, FPR95 {result.fpr95:.3f} (in-distribution scenes offered their own label "
+              f"against {sum(result.outside.values())} out-of-distribution images)\n"
+              f"flagged at 0.5: {result.flagged_outside:.1%} of out-of-distribution images (target ≥ 80%), "
+              f"{result.flagged_inside_right_label:.1%} of scenes offered their own label (≤ 5%), "
+              f"{result.flagged_inside_wrong_labels:.1%} of scenes offered only wrong labels (≥ 95%)", highlight=False)
+    for kind, rate in result.flagged_outside_by_kind.items():
+        out.print(f"  {kind:<10} flagged {rate:.1%}", highlight=False)
+    for name, figure in result.evidence.items():
+        out.print(f"  evidence {name}: AUROC {figure['auroc']:.4f}, FPR95 {figure['fpr95']:.3f}", highlight=False)
+    cost = result.classify_ms
+    if cost:
+        out.print(f"scoring one embedded image: {cost['with_open_set']:.2f} ms with the open-set evidence, "
+                  f"{cost['label_side_only']:.2f} ms without (+{cost['added']:.2f} ms; {_machine()})", highlight=False)
 
 
 def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at_least(1), help="How many vectors to index."),

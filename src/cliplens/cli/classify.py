@@ -80,10 +80,24 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
     _print_classification(result, coverage)
 
 
+def _parts(result) -> str:
+    if result.out_of_distribution is None:
+        return ""
+    return (f" (no label fits {result.no_label_fits * 100:.1f}%, outside the labels' world "
+            f"{result.out_of_distribution * 100:.1f}%)")
+
+
+def _why_none(result) -> str:
+    """Which part of "none of these" spoke: the image is from elsewhere, or no offered label fits it."""
+    if result.out_of_distribution is not None and result.out_of_distribution >= result.no_label_fits:
+        return f"that no label fits: the image looks outside the labels' world{_parts(result)}"
+    return f"that no label fits{_parts(result)}"
+
+
 def _print_classification(result, coverage: Optional[float]) -> None:
     if result.is_none_of_these:
         hint = f" (it looks more like: {shown(result.looks_like)})" if result.looks_like else ""
-        out.print(f"[yellow]none of these[/]: {result.none_of_these * 100:.1f}% that no label fits{hint}",
+        out.print(f"[yellow]none of these[/]: {result.none_of_these * 100:.1f}% {_why_none(result)}{hint}",
                   highlight=False, markup=True)
     width = max(len(s.label) for s in result.labels)
     for s in result.labels:
@@ -91,7 +105,8 @@ def _print_classification(result, coverage: Optional[float]) -> None:
         out.print(f"{shown(f'{s.label:<{width}}')}  {s.probability * 100:5.1f}%  [cyan]{bar:<30}[/]  "
                   f"(cos {s.similarity:.3f})", highlight=False, markup=True)
     if not result.is_none_of_these:
-        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%[/]", highlight=False, markup=True)
+        out.print(f"[dim]none of these: {result.none_of_these * 100:.1f}%{_parts(result)}[/]", highlight=False,
+                  markup=True)
     if result.prediction_set is not None:
         members = ", ".join(result.prediction_set) or "(empty)"
         out.print(f"prediction set at {coverage:.0%} coverage: {members}", highlight=False)
@@ -134,23 +149,46 @@ def _classify_many(classifier, sources: list, unreadable: list, output: Optional
         raise typer.Exit(1)
 
 
+def _open_set_line(figures: dict | None) -> str:
+    if not figures:
+        return "no image-side detector (nothing outside to learn from)\n"
+    outside = figures["flagged_out_of_distribution"]
+    return (f"outside the labels' world: flags {figures['flagged_in_distribution']:.1%} of the dataset's images and "
+            f"{outside:.1%} of {figures['out_of_distribution_images']} outside images "
+            f"({figures['background_images']} yours; in-sample, `cliplens bench open-set` measures held out)\n")
+
+
 def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-folder per class, or a CSV/JSONL of "
                                                        "path,label."),
               out_file: Path = typer.Option(..., "--out", "-o", metavar="FILE",
                                             help="Calibration file to write (JSON)."),
               template: str = TemplateOpt, templates: Optional[List[str]] = TemplatesOpt,
+              background: Optional[Path] = typer.Option(
+                  None, "--background", metavar="DIR",
+                  help="Your own images that none of the labels should claim (screenshots, blank frames, other "
+                       "domains): the open-set detector learns them as outside, with generated ones."),
+              world: Optional[Path] = typer.Option(
+                  None, "--world", metavar="DIR",
+                  help="Unlabelled images that belong inside the labels' world though no single label names them "
+                       "(several objects at once, unusual views): the open-set detector learns them as inside."),
               overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt,
               workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
               backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
               as_json: bool = JsonOpt) -> None:
-    """Fit temperature, the none-of-these detector and conformal scores for a model on labelled images."""
+    """Fit temperature, the none-of-these detectors and conformal scores for a model on labelled images.
+
+    "None of these" has two parts: the label side (does any offered label fit, judged against a reference
+    vocabulary) and the image side (is the image from the labels' world at all, judged against the dataset's
+    own images, generated blanks, noise, textures and collages, and --background).
+    """
     check_output(out_file, "out_file", overwrite=overwrite)
     set_name = one_template_set(templates)
-    encoder = load_model_with_status(model, device, backend, precision)
+    encoder = load_model_with_status(model, device, backend, precision, purpose="probabilities")
     with progress("embedding") as bar:
         task = bar.add_task("embedding", total=None, rate="")
         fitted = cliplens.calibrate(dataset, encoder, template=template, templates=set_name, batch_size=batch_size,
-                                    workers=workers, on_progress=rate_updater(bar, task, "img"))
+                                    workers=workers, background=background, world=world,
+                                    on_progress=rate_updater(bar, task, "img"))
     report_skipped(fitted.errors)
     path = fitted.calibration.save(out_file)
     report = fitted.calibration.report
@@ -164,6 +202,7 @@ def calibrate(dataset: Path = typer.Argument(..., help="Folder with one sub-fold
                   f"{report['ece_before']:.4f} → {report['ece_after']:.4f}\n"
                   f"none of these flags {none['flagged_in_domain']:.1%} of images when their class is offered and "
                   f"{none['flagged_out_of_domain']:.1%} when it is not\n"
+                  f"{_open_set_line(report.get('open_set'))}"
                   f"90% conformal sets: threshold {q90['quantile']:.4f}, mean size {q90['mean_set_size']:.2f}\n"
                   f"→ {cliplens.display_path(path)}", highlight=False)
     if fitted.errors:

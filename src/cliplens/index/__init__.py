@@ -49,7 +49,8 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
         raise _busy(folder) from None
     try:
         name = model or (store.model.name if store.model else None)
-        encoder = load_model(name, device=device, backend=backend, precision=precision, on_status=on_status)
+        encoder = load_model(name, device=device, backend=backend, precision=precision, purpose="rankings",
+                             on_status=on_status)
         encode_batches = None
         if engine == "ray":
             from functools import partial
@@ -128,7 +129,7 @@ def import_index(index: str | Path | None, source: str | Path, model: Encoder | 
     store = IndexStore(index, create=True)
     try:
         encoder = model if isinstance(model, Encoder) else load_model(
-            model or (store.model.name if store.model else None))
+            model or (store.model.name if store.model else None), purpose="rankings")
         return import_embeddings(store, source, encoder)
     finally:
         store.close()

@@ -189,7 +189,8 @@ class PhotoIndex:
         """The index's model, loaded on first use (finding duplicates needs none)."""
         if self._encoder is None:
             model, device, backend, precision = self._model_request
-            self._encoder = load_model(model or self.bound.name, device=device, backend=backend, precision=precision)
+            self._encoder = load_model(model or self.bound.name, device=device, backend=backend, precision=precision,
+                                       purpose="rankings")
         return self._encoder
 
     def __len__(self) -> int:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import CliplensError, ImageLoadError, UsageError
 from ..inputs.images import load_image
-from ..models import ImagePreparer, load_model, resolve_model_dir
+from ..models import ImagePreparer, PrecisionNote, load_model, resolve_model_dir
 
 RAY_MISSING = "the Ray engine needs Ray: pip install 'cliplens[ray]'"
 LOCAL_CPUS = 2
@@ -104,7 +104,10 @@ class EncodeActor:
     def __init__(self, model: str, backend: str | None = None, precision: str | None = None):
         self.encoder = None
         try:
-            self.encoder = load_model(model, backend=backend, precision=precision, cache=False)
+            with warnings.catch_warnings():  # the driver chose this runtime and said so: once is enough
+                warnings.simplefilter("ignore", PrecisionNote)
+                self.encoder = load_model(model, backend=backend, precision=precision, purpose="rankings",
+                                          cache=False)
         except CliplensError as exc:  # raised from the first batch, where Ray reports it briefly
             self.failure = exc
 

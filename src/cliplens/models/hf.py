@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,9 @@ class TransformersEncoder(Encoder):
         self.context_length = int(getattr(config.text_config, "max_position_embeddings", 77))
         self._naflex: NaflexPreparer | None = None
         if self.family == "siglip2":
-            from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+            from transformers.models.siglip2.image_processing_pil_siglip2 import (
+                Siglip2ImageProcessorPil,
+            )
 
             self._naflex = NaflexPreparer(Siglip2ImageProcessorPil.from_pretrained(path))
         self.preprocessor = ImagePreprocessor.from_pretrained(path)

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..files import atomic_write_json
+from .open_set import OpenSetDetector
 from .probabilities import sigmoid, softmax
 
 CALIBRATION_FILE = "cliplens_calibration.json"  # beside a model's weights, it is used by default
@@ -73,6 +74,7 @@ class Calibration:
     report: dict = field(default_factory=dict)
     source: str = ""  # the file it was read from
     runtime: str = ""  # the runtime it was fitted with ("torch fp32", "onnx int8"); "" when not recorded
+    open_set: OpenSetDetector | None = None  # image-side evidence that an image lies outside the classes' world
 
     def quantile(self, coverage: float) -> float:
         """The split-conformal threshold on ``1 - p`` for a prediction set with this coverage."""
@@ -85,8 +87,9 @@ class Calibration:
         return 1.0 if rank > n else float(self.scores[rank - 1])
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = asdict(replace(self, open_set=None))
         data.pop("source")
+        data["open_set"] = self.open_set.to_dict() if self.open_set is not None else None
         return {"format": FORMAT, **data}
 
     def save(self, path: str | Path) -> Path:
@@ -108,7 +111,8 @@ class Calibration:
             return cls(model=data["model"], templates=data["templates"], classes=list(data["classes"]),
                        reference=list(data["reference"]), temperature=float(data["temperature"]),
                        detector=FitDetector(**data["detector"]), scores=[float(s) for s in data["scores"]],
-                       report=dict(data.get("report", {})), source=str(path), runtime=str(data.get("runtime", "")))
+                       report=dict(data.get("report", {})), source=str(path), runtime=str(data.get("runtime", "")),
+                       open_set=OpenSetDetector.from_dict(data["open_set"]) if data.get("open_set") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})") from None
 

@@ -100,7 +100,13 @@ class ClassificationOut(BaseModel):
     image: str
     model: str
     labels: list[LabelScoreOut]
-    none_of_these: float = Field(description="Calibrated probability that no label fits.")
+    none_of_these: float = Field(description="Calibrated probability that none of the labels is the answer: "
+                                             "1 − (1 − no_label_fits) × (1 − out_of_distribution).")
+    no_label_fits: float = Field(description="The label side: the best label scores well below the image's best "
+                                             "caption from a reference vocabulary.")
+    out_of_distribution: Optional[float] = Field(
+        None, description="The image side: the image lies outside the world of the calibration's images (blank, "
+                          "noise, texture, another domain). Null without a calibration that has this detector.")
     looks_like: Optional[str] = Field(None, description="The reference caption the image matches best.")
 
 
@@ -114,6 +120,9 @@ class CaptionOut(BaseModel):
     image: str
     caption: str
     llm: str = Field(description="The caption as a line for a chat: [Image Attached: ...].")
+    out_of_distribution: Optional[float] = Field(
+        None, description="How likely the image is from outside the model's calibrated world; when it is, the "
+                          "banks' labels are not vouched for and the caption is empty.")
     banks: dict[str, list[CaptionLabelOut]]
 
 

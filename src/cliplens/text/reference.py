@@ -48,6 +48,7 @@ class ReferenceVocabulary:
         self._for_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> (labels, vectors)
         self.encoded_texts = 0  # texts this vocabulary has had to encode (not found in the disk cache)
         self._postings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> {word: indices}
+        self._sizes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Encoder -> words per caption
 
     def for_model(self, encoder: Encoder) -> tuple[list[str], np.ndarray]:
         """The reference labels this model can read and their normalised embeddings."""
@@ -81,20 +82,26 @@ class ReferenceVocabulary:
         self._for_model[encoder] = (labels, vectors)
         return labels, vectors
 
+    def _postings_for(self, encoder: Encoder) -> dict[str, np.ndarray]:
+        """Which reference captions hold each word (and how many words each caption has), built once per model."""
+        postings = self._postings.get(encoder)
+        if postings is None:
+            names, _ = self.for_model(encoder)
+            lists: dict[str, list[int]] = {}
+            for i, name in enumerate(names):
+                for word in _words(name):
+                    lists.setdefault(word, []).append(i)
+            postings = self._postings[encoder] = {w: np.array(ids) for w, ids in lists.items()}
+            self._sizes[encoder] = np.array([len(_words(name)) for name in names])
+        return postings
+
     def containing(self, encoder: Encoder, label: str) -> np.ndarray:
         """Indices of the reference captions holding every word of ``label`` (articles aside).
 
         Such a caption ("red circle", "tabby cat") is a more specific form of the label ("a circle",
         "cat"), so it says nothing against that label and is left out when judging it.
         """
-        names, _ = self.for_model(encoder)
-        postings = self._postings.get(encoder)
-        if postings is None:
-            postings = {}
-            for i, name in enumerate(names):
-                for word in _words(name):
-                    postings.setdefault(word, []).append(i)
-            postings = self._postings[encoder] = {w: np.array(ids) for w, ids in postings.items()}
+        postings = self._postings_for(encoder)
         words = _words(label)
         if not words:
             return np.zeros(0, dtype=int)
@@ -106,15 +113,35 @@ class ReferenceVocabulary:
             found = ids if found is None else np.intersect1d(found, ids, assume_unique=True)
         return found
 
+    def within(self, encoder: Encoder, label: str) -> np.ndarray:
+        """Indices of the reference captions whose every word is in ``label`` (articles aside).
+
+        Such a caption ("orange", "circle") is a more general form of the label ("orange circle"): an
+        image that looks most like an orange says nothing against "three orange circles" either.
+        """
+        postings = self._postings_for(encoder)
+        sizes = self._sizes[encoder]
+        hits = np.zeros(len(sizes), dtype=int)
+        for word in _words(label):
+            ids = postings.get(word)
+            if ids is not None:
+                hits[ids] += 1
+        return np.flatnonzero((hits == sizes) & (sizes > 0))
+
+    def related(self, encoder: Encoder, label: str) -> np.ndarray:
+        """The reference captions that say nothing against ``label``: more specific (:meth:`containing`) or
+        more general (:meth:`within`) forms of it."""
+        return np.union1d(self.containing(encoder, label), self.within(encoder, label))
+
     def kept_for(self, encoder: Encoder, labels: Sequence[str]) -> np.ndarray:
-        """Which reference captions judge each label (K, M): all but those :meth:`containing` it.
+        """Which reference captions judge each label (K, M): all but those :meth:`related` to it.
 
         Compute this once per label set; :meth:`best_for_labels` takes it for every batch.
         """
         names, _ = self.for_model(encoder)
         kept = np.ones((len(labels), len(names)), dtype=bool)
         for k, label in enumerate(labels):
-            kept[k, self.containing(encoder, label)] = False
+            kept[k, self.related(encoder, label)] = False
         return kept
 
     def best_for_labels(self, encoder: Encoder, image_vectors: np.ndarray, kept: np.ndarray

@@ -123,8 +123,11 @@ function renderClassification(result) {
   const target = $("#classify-results");
   target.replaceChildren();
   const none = result.none_of_these;
+  const outside = result.out_of_distribution;
+  const parts = outside == null ? "" :
+    ` (no label fits ${percent(result.no_label_fits)}, outside the labels' world ${percent(outside)})`;
   const noneLine = element("p", { class: none >= 0.5 ? "none-of-these strong" : "none-of-these" },
-    element("strong", {}, "None of these: "), percent(none),
+    element("strong", {}, "None of these: "), percent(none), parts,
     none >= 0.5 && result.looks_like ? ` — it looks more like “${result.looks_like}”` : "");
   if (none >= 0.5) target.append(noneLine);
   const list = element("ol", { class: "bars" });
