@@ -258,10 +258,10 @@ def test_cli_search_json_and_threshold(cli, built):
     proc = cli("search", "a photo of a green star", "--index", str(index), "-k", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data) == ["query", "score_kind", "results"] and data["query"] == "a photo of a green star"
-    assert data["score_kind"] == "margin"  # the demo model ships a calibration: results are re-ranked
+    assert list(data) == ["query", "score_kind", "results", "near_miss"] and data["query"] == "a photo of a green star"
+    assert data["score_kind"] == "margin" and data["near_miss"] is None  # the demo model ships a calibration
     assert len(data["results"]) == 4
-    assert all(list(r) == ["path", "id", "score", "similarity"] for r in data["results"])
+    assert all(list(r) == ["path", "id", "score", "similarity", "match"] for r in data["results"])
     assert all(r["score"] < r["similarity"] for r in data["results"])  # the margin is below the cosine
     scores = [r["score"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)

@@ -27,6 +27,7 @@ from cliplens.curate import rank_vectors  # noqa: E402
 from cliplens.inputs.demo_data import generate  # noqa: E402
 from cliplens.service import ServiceConfig, create_app  # noqa: E402
 from cliplens.service.batching import EncoderWorker  # noqa: E402
+from cliplens.text.prompts import LabelWarning  # noqa: E402
 from image_corpus import CORPUS  # noqa: E402
 
 LABELS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
@@ -149,7 +150,8 @@ def test_search_the_index_by_text_and_image_with_thumbnails(client, index_dir):
     photos.close()
     assert [r["path"] for r in body["results"]] == relative  # never where the indexed folder is on the server
     assert all(not Path(r["path"]).is_absolute() and r["path"].startswith("indexed-photos") for r in body["results"])
-    assert {k: v for k, v in body.items() if k != "results"} == {"query": "a red circle", "score_kind": "margin"}
+    assert {k: v for k, v in body.items() if k != "results"} == {"query": "a red circle", "score_kind": "margin",
+                                                                 "near_miss": None}
     for row, hit in zip(body["results"], expected.to_dict()["results"]):  # the CLI's --json fields, plus the URL
         assert row == hit | {"path": row["path"], "thumbnail": f"/v1/thumbnails/{hit['id']}"}
     thumb = client.get(body["results"][0]["thumbnail"])
@@ -159,6 +161,19 @@ def test_search_the_index_by_text_and_image_with_thumbnails(client, index_dir):
     by_image = client.post("/v1/search", files={"image": ("q.png", first, "image/png")}, data={"top": "3"}).json()
     assert by_image["results"][0]["path"] == body["results"][0]["path"]
     _error(client.get("/v1/thumbnails/999999"), 404)
+
+
+def test_search_with_a_minimum_match_answers_nothing_for_what_no_image_shows(client, index_dir):
+    kept = client.post("/v1/search", json={"query": "a red circle", "top": 5, "min_match": 0.5}).json()
+    assert kept["results"] and all(r["match"] >= 0.5 for r in kept["results"]) and kept["near_miss"] is None
+    with pytest.warns(LabelWarning):  # the demo model cannot read "dog"
+        none = client.post("/v1/search", json={"query": "a dog", "top": 5, "min_match": 0.5}).json()
+    assert none["results"] == [] and none["near_miss"]["match"] == 0.0
+    assert not Path(none["near_miss"]["path"]).is_absolute() and none["near_miss"]["thumbnail"].startswith("/v1/")
+    assert "min_match" in _error(client.post("/v1/search", json={"query": "a red circle", "min_match": 2}), 422)
+    by_image = client.post("/v1/search", **_form(png_bytes(Image.new("RGB", (64, 64), (200, 0, 0))), top="3",
+                                                  min_match="0.5"))
+    assert "one text" in _error(by_image, 400)
 
 
 def test_search_never_reads_server_files(client, index_dir, tmp_path):

@@ -148,7 +148,14 @@ def test_caption_search_and_rank_tabs(live, page, tmp_path):
     page.wait_for_selector("#search-results figure img")
     page.wait_for_function("() => [...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("#search-results figure").count() == 6
+    matches = [float(page.locator("#search-results figure").nth(i).get_attribute("data-match")) for i in range(6)]
+    assert matches[0] >= 0.5 and matches == sorted(matches, key=lambda m: m < 0.5)  # probable matches first
+    assert page.locator("#search-results .match-line").count() == (1 if min(matches) < 0.5 else 0)
     page.screenshot(path=ARTIFACTS / "serve-search.png", full_page=True)
+    page.fill("#search-query", "a dog")  # words the demo model cannot read: no photo can match them
+    page.click("#search-run")
+    page.wait_for_selector("#search-results .match-line:has-text('No photo matches')")
+    page.screenshot(path=ARTIFACTS / "serve-search-no-match.png", full_page=True)
 
     page.click("[data-tab=rank]")
     paths = [_scene_png(tmp_path, f"{colour}-{shape}.png", shape, colour)

@@ -9,8 +9,8 @@ import typer
 
 import cliplens
 from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, OverwriteOpt, PrecisionOpt, TopOpt,
-                                 WorkersOpt, above_up_to, add, api_json_option, check_output, emit_json, err, out,
-                                 progress, rate_updater, report_skipped, shown)
+                                 WorkersOpt, above_up_to, add, api_json_option, between, check_output, emit_json,
+                                 err, out, progress, rate_updater, report_skipped, shown)
 from cliplens.errors import UsageError
 
 IndexOpt = typer.Option(None, "--index", envvar="CLIPLENS_INDEX", metavar="DIR",
@@ -116,6 +116,10 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
                                    help="How many results (at most)."),
            threshold: Optional[float] = typer.Option(None, "--threshold", metavar="SCORE",
                                                      help="Only results whose score is at least this."),
+           min_match: Optional[float] = typer.Option(
+               None, "--min-match", metavar="P", callback=between(0, 1),
+               help="Only images that show the query with at least this probability (a query of one text); "
+                    "a query nothing shows then has no results."),
            index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
            device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
            precision: Optional[str] = PrecisionOpt,
@@ -123,13 +127,15 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     """Search the index in words, by example image, or both; best matches first.
 
     Scores are cosines with the query, or, re-ranked (models that ship a calibration, as demo does), the
-    margin by which the query beats the image's own best description."""
+    margin by which the query beats the image's own best description. For a query of one text each result
+    also has a match: the probability that the image shows it (the detector behind classify's "none of
+    these")."""
     if query is None and image is None and not add_terms:
         raise UsageError("give a text query, an example image, or terms to add", parameter="query")
     photos = cliplens.PhotoIndex(index, model, device=device, backend=backend, precision=precision)
     try:
         result = photos.search(query, image=image, add=add_terms or (), subtract=subtract or (), top=top,
-                               threshold=threshold)
+                               threshold=threshold, min_match=min_match)
     finally:
         photos.close()
     if as_json:
@@ -137,12 +143,18 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
         return
     if not result.hits:
         err.print("no results" + (f" scoring at least {threshold}" if threshold is not None else ""), highlight=False)
+        if min_match is not None:
+            miss = result.near_miss
+            closest = (f"; the closest: {cliplens.display_path(miss.path)}, match {miss.match:.2f}" if miss else "")
+            err.print(f'no image shows "{result.query}" with a match of at least {min_match:g}{closest}',
+                      highlight=False)
     else:
         kind = "cosine with the query" if result.score_kind == "similarity" else \
             "margin over each image’s best reference caption"
         err.print(f"[dim]score: {kind}[/]", highlight=False, markup=True)
     for rank, hit in enumerate(result.hits, 1):
-        out.print(f"{rank:3d}  {hit.score:.3f}  {cliplens.display_path(hit.path)}", highlight=False)
+        match = f"  match {hit.match:4.0%}" if hit.match is not None else ""
+        out.print(f"{rank:3d}  {hit.score:.3f}{match}  {cliplens.display_path(hit.path)}", highlight=False)
 
 
 def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=above_up_to(0, 1),

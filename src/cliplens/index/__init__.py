@@ -96,11 +96,12 @@ def _locked(folder: Path):
 
 def search(query: str | None = None, index: str | Path | None = None, *, image: str | Path | None = None,
            add: Sequence[str] = (), subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
-           model: str | None = None) -> SearchResult:
-    """One search of the index (open a :class:`PhotoIndex` to run many)."""
+           min_match: float | None = None, model: str | None = None) -> SearchResult:
+    """One search of the index (open a :class:`PhotoIndex` to run many; see :meth:`PhotoIndex.search`)."""
     photos = PhotoIndex(index, model)
     try:
-        return photos.search(query, image=image, add=add, subtract=subtract, top=top, threshold=threshold)
+        return photos.search(query, image=image, add=add, subtract=subtract, top=top, threshold=threshold,
+                             min_match=min_match)
     finally:
         photos.close()
 

@@ -23,6 +23,7 @@ from ..files import display_path
 from ..inputs.images import IMAGE_EXTENSIONS
 from ..models import Encoder, l2_normalize, load_model, resolve_model_dir
 from ..models.keys import checkpoint_key
+from ..text.match import TextMatch
 from ..text.reference import reference_best, reranking_vocabulary
 from .store import IndexStore
 from .sync import sync_vector_index, writer_lock
@@ -43,6 +44,11 @@ class SearchHit:
     score: float
     id: int | None = None  # the file's id in the index (the service names thumbnails by it, never by path)
     similarity: float | None = None
+    match: float | None = None  # P(the image shows the query's text), for queries of one text
+
+    def to_dict(self) -> dict:
+        return {"path": display_path(self.path), "id": self.id, "score": self.score, "similarity": self.similarity,
+                "match": self.match}
 
 
 @dataclass
@@ -53,12 +59,12 @@ class SearchResult:
     query: str
     hits: list[SearchHit] = field(default_factory=list)
     score_kind: str = "similarity"
+    near_miss: SearchHit | None = None  # with a minimum match that nothing met: the candidate that came closest
 
     def to_dict(self) -> dict:
         """The JSON form (``--json``; the HTTP API adds each hit's thumbnail URL)."""
-        return {"query": self.query, "score_kind": self.score_kind,
-                "results": [{"path": display_path(h.path), "id": h.id, "score": h.score, "similarity": h.similarity}
-                            for h in self.hits]}
+        return {"query": self.query, "score_kind": self.score_kind, "results": [h.to_dict() for h in self.hits],
+                "near_miss": self.near_miss.to_dict() if self.near_miss else None}
 
 
 @dataclass
@@ -213,8 +219,8 @@ class PhotoIndex:
 
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
                subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
-               rerank: bool | None = None, files: bool = True, image_vector: np.ndarray | None = None
-               ) -> SearchResult:
+               rerank: bool | None = None, files: bool = True, image_vector: np.ndarray | None = None,
+               min_match: float | None = None) -> SearchResult:
         """The ``top`` files best matching the query (those scoring at least ``threshold``), best first.
 
         The query is the normalised sum of its terms: ``query`` (text, or arithmetic on terms), an example
@@ -224,6 +230,10 @@ class PhotoIndex:
         better the query fits each image than the image's best reference caption does, and the score is that
         margin (0: the query fits as well as the image's own best description). With ``files`` False no term
         is read as a file (queries from clients that must never name the server's files).
+
+        A query of one text gives each hit ``match``, the probability that the image shows that text (see
+        :class:`cliplens.text.match.TextMatch`); ``min_match`` keeps only hits whose match is at least that,
+        so a query that no image shows has no results (and the result names its ``near_miss``).
         """
         terms = parse_query(query, files=files) if query else []
         if image is not None:
@@ -243,17 +253,26 @@ class PhotoIndex:
                 raise UsageError("the query's terms cancel out", parameter="query")
             vector = l2_normalize(total[None])[0]
         text_only = image_vector is None and not any(t.is_image for t in terms)  # example images: no re-ranking
+        one_text = text_only and len(terms) == 1 and terms[0].sign == 1
+        if min_match is not None and not one_text:
+            raise UsageError("a minimum match needs a query of one text (no example image, no terms added or "
+                             "subtracted)", value=min_match, parameter="min_match")
         return self.search_vector(vector, shown.strip(), top=top, threshold=threshold,
-                                  rerank=rerank if text_only else False)
+                                  rerank=rerank if text_only else False,
+                                  match_text=terms[0].text if one_text else None, min_match=min_match)
 
     def search_vector(self, vector: np.ndarray, shown: str = "", *, top: int = 10, threshold: float | None = None,
-                      rerank: bool | None = None) -> SearchResult:
+                      rerank: bool | None = None, match_text: str | None = None, min_match: float | None = None
+                      ) -> SearchResult:
         """The ``top`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
-        explains unless ``rerank`` is False (as it should be for image queries)."""
+        explains unless ``rerank`` is False (as it should be for image queries). ``match_text``: the query's
+        text, whose match each hit gets; ``min_match`` (needs it) keeps the hits matching at least that."""
         if top < 1:
             raise UsageError(f"must be at least 1 (got {top})", parameter="top")
+        if min_match is not None and not 0.0 <= min_match <= 1.0:
+            raise UsageError(f"must be a probability in [0, 1] (got {min_match})", parameter="min_match")
         reference = reranking_vocabulary(self.encoder, rerank)
-        pool = top if reference is None else max(10 * top, RERANK_POOL)
+        pool = top if reference is None and min_match is None else max(10 * top, RERANK_POOL)
         scores, ids = self.vectors.search(vector[None], min(pool, len(self.vectors)))
         scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
         similarities = scores
@@ -263,13 +282,36 @@ class PhotoIndex:
             keep = np.array([int(i) in best for i in ids])
             similarities, ids = similarities[keep], ids[keep]
             scores = similarities - np.array([best[int(i)] for i in ids], np.float32)
-            order = np.argsort(-scores, kind="stable")[:top]
+            order = np.argsort(-scores, kind="stable")
             scores, ids, similarities = scores[order], ids[order], similarities[order]
+        near_miss = None
+        if min_match is not None and len(ids):  # judge the whole pool, so that the top is the best that match
+            matches = self._matches(match_text, ids)
+            if not (matches >= min_match).any():
+                closest = [int(np.argmax(matches))]
+                near_miss = self._hits(scores[closest], ids[closest], similarities[closest], matches[closest])[0]
+            keep = matches >= min_match
+            scores, ids, similarities, matches = scores[keep], ids[keep], similarities[keep], matches[keep]
+        else:
+            matches = self._matches(match_text, ids[:top])
+        hits = [h for h in self._hits(scores[:top], ids[:top], similarities[:top],
+                                      None if matches is None else matches[:top])
+                if threshold is None or h.score >= threshold]
+        return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin", near_miss)
+
+    def _matches(self, text: str | None, ids: np.ndarray) -> np.ndarray | None:
+        """P(each image shows ``text``), or None without a text."""
+        if text is None:
+            return None
+        found, vectors = self.store.vectors(ids)
+        by_id = dict(zip(found.tolist(), TextMatch(self.encoder, text).probability(vectors)))
+        return np.array([by_id.get(int(i), 0.0) for i in ids])
+
+    def _hits(self, scores, ids, similarities, matches) -> list[SearchHit]:
         paths = self.store.paths(ids)
-        hits = [SearchHit(paths[int(i)], float(s), int(i), float(c))
-                for s, i, c in zip(scores[:top], ids[:top], similarities[:top])
-                if int(i) in paths and (threshold is None or float(s) >= threshold)]
-        return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin")
+        rows = zip(scores, ids, similarities, matches if matches is not None else [None] * len(ids))
+        return [SearchHit(paths[int(i)], float(s), int(i), float(c), None if m is None else float(m))
+                for s, i, c, m in rows if int(i) in paths]
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicates in which *every* pair of files has similarity ≥ ``threshold`` (complete

@@ -138,7 +138,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         params, uploads = await read_body(request, schemas.SearchParams, schemas.SearchJson,
                                           image_fields=("image",), max_images=1)
         upload = uploads["image"][0] if uploads["image"] else None
-        return await engine().search(params.query, upload, params.top, params.threshold)
+        return await engine().search(params.query, upload, params.top, params.threshold, params.min_match)
 
     @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
                                                      404: ERRORS[400] | {"description": "No such file"}})

@@ -175,7 +175,8 @@ class Engine:
                 "images": [{"name": u.name, "embedding": v.tolist()} for u, v in zip(uploads, images)],
                 "texts": [{"name": t, "embedding": v.tolist()} for t, v in zip(texts, text_vectors)]}
 
-    async def search(self, query: str | None, upload: Upload | None, top: int, threshold: float | None) -> dict:
+    async def search(self, query: str | None, upload: Upload | None, top: int, threshold: float | None,
+                     min_match: float | None = None) -> dict:
         photos = self._require_index()
         if not (query and query.strip()) and upload is None:
             raise ApiError(422, "invalid_field", "give a query, an image, or both")
@@ -184,9 +185,12 @@ class Engine:
         shown = " + ".join(filter(None, [query, upload.name if upload is not None else None]))
         # every term is text, never a server file
         result = await self._model_call(lambda: photos.search(query, image_vector=image, top=top,
-                                                               threshold=threshold, files=False))
+                                                               threshold=threshold, files=False, min_match=min_match))
         data = result.to_dict() | {"query": shown}
-        for row, hit in zip(data["results"], result.hits):  # never where the folders are on this server
+        pairs = list(zip(data["results"], result.hits))
+        if result.near_miss is not None:
+            pairs.append((data["near_miss"], result.near_miss))
+        for row, hit in pairs:  # never where the folders are on this server
             row["path"] = display_path(photos.relative_path(hit.path))
             row["thumbnail"] = f"/v1/thumbnails/{row['id']}"
         return data

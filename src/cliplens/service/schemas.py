@@ -77,6 +77,9 @@ class SearchParams(_Strict):
     query: Optional[Text] = Field(None, description='Text, or arithmetic on texts: "horse" + "stripes" - "brown".')
     top: int = Field(10, ge=1, le=1000, description="How many results (at most).")
     threshold: Optional[float] = Field(None, description="Only results whose score is at least this.")
+    min_match: Optional[float] = Field(None, ge=0, le=1, description=(
+        "Only images that show the query with at least this probability (a query of one text); a query that "
+        "nothing shows then has no results, and near_miss names the closest."))
 
 
 class SearchJson(SearchParams):
@@ -160,6 +163,8 @@ class SearchHitOut(BaseModel):
     id: int = Field(description="The file's id in the index.")
     score: float = Field(description="What the results are ranked by (see score_kind).")
     similarity: float = Field(description="The file's cosine with the query.")
+    match: Optional[float] = Field(None, description="The probability that the image shows the query (queries of "
+                                                     "one text; null otherwise).")
     thumbnail: str = Field(description="URL of the file's thumbnail on this service.")
 
 
@@ -167,6 +172,8 @@ class SearchOut(BaseModel):
     query: str
     score_kind: str = Field(description=SCORE_KIND)
     results: list[SearchHitOut]
+    near_miss: Optional[SearchHitOut] = Field(None, description="With min_match and no result: the image that "
+                                                               "came closest.")
 
 
 class ModelOut(BaseModel):

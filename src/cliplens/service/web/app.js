@@ -212,12 +212,28 @@ async function search(event) {
     const target = $("#search-results");
     target.replaceChildren();
     if (!result.results.length) target.append(element("p", { class: "muted" }, "No results."));
-    for (const hit of result.results) {
+    // a query of one text gives each photo its match, P(it shows the query): draw the line at 50%
+    const judged = result.results.length && result.results[0].match != null;
+    if (judged && result.results.every((h) => h.match < 0.5)) {
+      target.append(element("p", { class: "match-line none-of-these strong" },
+        "No photo matches this query; the closest follow."));
+    }
+    let lineDrawn = !judged || result.results.every((h) => h.match < 0.5);
+    const hits = judged  // probable matches first, each side in the order of its scores
+      ? [...result.results.filter((h) => h.match >= 0.5), ...result.results.filter((h) => h.match < 0.5)]
+      : result.results;
+    for (const hit of hits) {
+      if (!lineDrawn && hit.match < 0.5) {
+        target.append(element("p", { class: "match-line muted" }, "Below: probably not what you asked for."));
+        lineDrawn = true;
+      }
       const name = hit.path.split(/[\\/]/).pop();
       const img = element("img", { alt: name, loading: "lazy" });
       img.src = await thumbnailURL(hit.thumbnail);
-      target.append(element("figure", { title: hit.path }, img,
-        element("figcaption", {}, element("span", {}, name), element("span", { class: "score" }, hit.score.toFixed(3)))));
+      const match = hit.match != null ? element("span", { class: "match" }, `match ${percent(hit.match)}`) : "";
+      target.append(element("figure", { title: hit.path, "data-match": hit.match ?? "" }, img,
+        element("figcaption", {}, element("span", {}, name), element("span", { class: "score" }, hit.score.toFixed(3)),
+          match)));
     }
   });
 }
