@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 # training (torch, which the ONNX runtime never imports).
 _LAZY = {
     "DuplicateGroup": "index", "IndexDamagedError": "index", "IndexRun": "index", "ModelMismatchError": "index",
-    "PhotoIndex": "index",
+    "PhotoIndex": "index", "SearchFilter": "index", "parse_position": "index",
     "SearchResult": "index", "update_index": "index", "search_index": "index", "index_errors": "index",
     "export_index": "index", "import_index": "index",
     "TrainConfig": "train", "TrainResult": "train", "train_model": "train",
@@ -65,8 +65,8 @@ __all__ = [
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images", "rank_vectors",
     "Dream", "check_dream_options", "dream", "save_gif",
     # photo search
-    "DuplicateGroup", "IndexDamagedError", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchResult", "export_index",
-    "import_index", "index_errors", "search_index", "update_index",
+    "DuplicateGroup", "IndexDamagedError", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchFilter", "SearchResult",
+    "export_index", "import_index", "index_errors", "parse_position", "search_index", "update_index",
     # evaluation and audits
     "AuditImages", "AuditResult", "CaptionedSet", "ClassSet", "EvalResult", "LabelledSet", "audit", "evaluate",
     "read_audit_images", "read_class_set", "read_eval_dataset", "write_audit_report", "write_eval_report",

@@ -163,6 +163,22 @@ def test_search_the_index_by_text_and_image_with_thumbnails(client, index_dir):
     _error(client.get("/v1/thumbnails/999999"), 404)
 
 
+def test_search_filters_by_metadata_and_carries_it(client, index_dir):
+    everything = client.post("/v1/search", json={"query": "a red circle", "top": 3}).json()["results"]
+    assert all(r["taken_source"] == "file" and r["taken"] and r["camera"] is None for r in everything)
+    year = everything[0]["taken"][:4]  # generated files: dated by their modification time
+    same = client.post("/v1/search", json={"query": "a red circle", "top": 3, "after": year, "before": year}).json()
+    assert [r["path"] for r in same["results"]] == [r["path"] for r in everything]
+    later = client.post("/v1/search", json={"query": "a red circle", "after": str(int(year) + 1)}).json()
+    assert later["results"] == []
+    alone = client.post("/v1/search", json={"camera": "leica"}).json()  # filters alone
+    assert alone["results"] == [] and alone["score_kind"] == "none"
+    dated = client.post("/v1/search", json={"after": year, "top": 2}).json()["results"]
+    assert len(dated) == 2 and all(r["similarity"] is None and r["taken"][:4] == year for r in dated)
+    assert "after" in _error(client.post("/v1/search", json={"query": "x", "after": "June"}), 400)
+    assert "near" in _error(client.post("/v1/search", json={"query": "x", "near": "here"}), 400)
+
+
 def test_search_with_a_minimum_match_answers_nothing_for_what_no_image_shows(client, index_dir):
     kept = client.post("/v1/search", json={"query": "a red circle", "top": 5, "min_match": 0.5}).json()
     assert kept["results"] and all(r["match"] >= 0.5 for r in kept["results"]) and kept["near_miss"] is None

@@ -156,6 +156,16 @@ def test_caption_search_and_rank_tabs(live, page, tmp_path):
     page.click("#search-run")
     page.wait_for_selector("#search-results .match-line:has-text('No photo matches')")
     page.screenshot(path=ARTIFACTS / "serve-search-no-match.png", full_page=True)
+    page.fill("#search-query", "")  # filters alone: the generated photos were taken by no camera
+    page.click("#tab-search details summary")
+    page.fill("#search-camera", "leica")
+    page.click("#search-run")
+    page.wait_for_selector("#search-results p:has-text('No results.')")
+    page.fill("#search-camera", "")
+    page.fill("#search-after", "2000")
+    page.click("#search-run")
+    page.wait_for_selector("#search-results figure img")
+    assert page.locator("#search-results figure").count() == 6  # every generated file is dated after 2000
 
     page.click("[data-tab=rank]")
     paths = [_scene_png(tmp_path, f"{colour}-{shape}.png", shape, colour)

@@ -164,10 +164,11 @@ ModelOpt = typer.Option(None, "--model", "-m", envvar="CLIPLENS_MODEL", metavar=
 DeviceOpt = typer.Option(None, "--device", envvar="CLIPLENS_DEVICE", metavar="DEVICE",
                          help="cpu, cuda, cuda:1, mps. Default: CUDA if present.")
 BackendOpt = typer.Option(None, "--backend", envvar="CLIPLENS_BACKEND", metavar="NAME",
-                          help="torch, onnx or auto (default: ONNX Runtime on a CPU, torch on a GPU).")
+                          help="torch, onnx or auto (default: the fastest runtime on this machine whose answers "
+                               "meet the parity contract for this command; see `cliplens bench parity`).")
 PrecisionOpt = typer.Option(None, "--precision", envvar="CLIPLENS_PRECISION", metavar="NAME",
-                            help="fp32, bf16, fp16, int8 or auto (default: int8 on ONNX when it passed parity, "
-                                 "fp16 on GPU).")
+                            help="fp32, bf16, fp16, int8 or auto (default: as --backend auto chooses; a reduced "
+                                 "precision named here says how far it strays).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 
 

@@ -120,6 +120,18 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
                None, "--min-match", metavar="P", callback=between(0, 1),
                help="Only images that show the query with at least this probability (a query of one text); "
                     "a query nothing shows then has no results."),
+           after: Optional[str] = typer.Option(None, "--after", metavar="DATE",
+                                               help="Only photos taken in or after DATE (YYYY, YYYY-MM or YYYY-MM-DD)."),
+           before: Optional[str] = typer.Option(None, "--before", metavar="DATE",
+                                                help="Only photos taken in or before DATE (YYYY, YYYY-MM or YYYY-MM-DD)."),
+           camera: Optional[str] = typer.Option(None, "--camera", metavar="TEXT",
+                                                help="Only photos from a camera whose make or model holds TEXT."),
+           near: Optional[str] = typer.Option(None, "--near", metavar="LAT,LON",
+                                              help="Only photos taken near this place (decimal degrees)."),
+           within_km: Optional[float] = typer.Option(None, "--within", metavar="KM",
+                                                     help="How near, with --near (default 1 km)."),
+           path: Optional[str] = typer.Option(None, "--path", metavar="GLOB",
+                                              help='Only files whose path matches GLOB ("*/2019/*").'),
            index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
            device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
            precision: Optional[str] = PrecisionOpt,
@@ -130,12 +142,14 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     margin by which the query beats the image's own best description. For a query of one text each result
     also has a match: the probability that the image shows it (the detector behind classify's "none of
     these")."""
-    if query is None and image is None and not add_terms:
-        raise UsageError("give a text query, an example image, or terms to add", parameter="query")
+    filters = cliplens.SearchFilter(after, before, camera, cliplens.parse_position(near) if near else None,
+                                    within_km, path)
+    if query is None and image is None and not add_terms and not filters.active:
+        raise UsageError("give a text query, an example image, terms to add, or filters", parameter="query")
     photos = cliplens.PhotoIndex(index, model, device=device, backend=backend, precision=precision)
     try:
         result = photos.search(query, image=image, add=add_terms or (), subtract=subtract or (), top=top,
-                               threshold=threshold, min_match=min_match)
+                               threshold=threshold, min_match=min_match, filters=filters)
     finally:
         photos.close()
     if as_json:
@@ -148,13 +162,15 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
             closest = (f"; the closest: {cliplens.display_path(miss.path)}, match {miss.match:.2f}" if miss else "")
             err.print(f'no image shows "{result.query}" with a match of at least {min_match:g}{closest}',
                       highlight=False)
-    else:
+    elif result.score_kind != "none":
         kind = "cosine with the query" if result.score_kind == "similarity" else \
             "margin over each image’s best reference caption"
         err.print(f"[dim]score: {kind}[/]", highlight=False, markup=True)
     for rank, hit in enumerate(result.hits, 1):
         match = f"  match {hit.match:4.0%}" if hit.match is not None else ""
-        out.print(f"{rank:3d}  {hit.score:.3f}{match}  {cliplens.display_path(hit.path)}", highlight=False)
+        score = f"  {hit.score:.3f}" if result.score_kind != "none" else ""
+        taken = f"  {hit.meta.taken[:16].replace('T', ' ')}" if filters.active and hit.meta and hit.meta.taken else ""
+        out.print(f"{rank:3d}{score}{match}{taken}  {cliplens.display_path(hit.path)}", highlight=False)
 
 
 def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=above_up_to(0, 1),

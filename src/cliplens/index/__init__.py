@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 from ..errors import UsageError
 from ..files import display_path
 from ..models import Encoder, load_model
+from .filters import SearchFilter, parse_position
 from .indexer import IndexRun, index_folders
 from .photos import DuplicateGroup, PhotoIndex, QueryTerm, SearchHit, SearchResult, parse_query
 from .store import DB_FILE, IndexDamagedError, IndexStore, ModelMismatchError, Recovery, default_index_dir
@@ -96,12 +97,13 @@ def _locked(folder: Path):
 
 def search(query: str | None = None, index: str | Path | None = None, *, image: str | Path | None = None,
            add: Sequence[str] = (), subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
-           min_match: float | None = None, model: str | None = None) -> SearchResult:
+           min_match: float | None = None, filters: SearchFilter | None = None, model: str | None = None
+           ) -> SearchResult:
     """One search of the index (open a :class:`PhotoIndex` to run many; see :meth:`PhotoIndex.search`)."""
     photos = PhotoIndex(index, model)
     try:
         return photos.search(query, image=image, add=add, subtract=subtract, top=top, threshold=threshold,
-                             min_match=min_match)
+                             min_match=min_match, filters=filters)
     finally:
         photos.close()
 
@@ -138,6 +140,6 @@ def import_index(index: str | Path | None, source: str | Path, model: Encoder | 
 
 __all__ = [
     "DuplicateGroup", "IndexDamagedError", "IndexRun", "IndexStore", "ModelMismatchError", "Recovery", "PhotoIndex", "QueryTerm", "SearchHit",
-    "SearchResult", "default_index_dir", "export_index", "import_index", "index_errors", "index_folders",
-    "parse_query", "search", "update_index",
+    "SearchFilter", "SearchResult", "default_index_dir", "export_index", "import_index", "index_errors",
+    "index_folders", "parse_position", "parse_query", "search", "update_index",
 ]

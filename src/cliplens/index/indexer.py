@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 from ..errors import ImageLoadError, UsageError
 from ..files import display_path
 from ..inputs.images import expand_paths, load_image
+from ..inputs.metadata import PhotoMetadata, read_metadata
 from ..models import Encoder
 from ..models.keys import checkpoint_key
 from ..vectors.batches import default_workers, prefetch_batches
@@ -65,6 +66,7 @@ class _Seen:
     pixels: object = None
     dims: tuple[int, int] | None = None
     error: ImageLoadError | None = None
+    meta: PhotoMetadata | None = None  # read from the header of the bytes hashed: no second read, no decode
 
 
 def _read_hashed(path: str) -> tuple[str, bytes]:
@@ -135,6 +137,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         except OSError as exc:
             seen.error = ImageLoadError(seen.path, f"unreadable ({exc.strerror or exc})")
             return seen
+        seen.meta = read_metadata(data, seen.mtime_ns)
         row = known.get(seen.path)
         if (row is not None and row.sha256 == seen.sha256) or seen.sha256 in by_hash or not decode:
             return seen  # same content as a known vector: no decode
@@ -152,6 +155,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         batches = encode_batches(todo, lambda i: look(i, decode=False), known, by_hash)
     else:
         batches = _local_batches(todo, look, encoder, batch_size, workers)
+    described: list = []
     done = run.unchanged
     total = done + len(todo)  # the files this run looks at (not those that vanished or could not be stat'd)
     if on_progress is not None:
@@ -167,20 +171,23 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
             row = known.get(seen.path)
             if vector is None and row is not None and row.sha256 == seen.sha256:
                 touch.append((row.id, seen.size, seen.mtime_ns))  # re-saved with the same bytes
+                described.append((row.id, seen.meta))  # a date from the file's time follows it
                 run.unchanged += 1
             elif vector is None:
                 source = by_hash[seen.sha256]
                 if source.path in gone:  # moved or renamed: the row follows the file
                     del gone[source.path]
-                    moves.append((source.id, NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256)))
+                    moves.append((source.id, NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256,
+                                                    meta=seen.meta)))
                     run.moved += 1
                 else:  # a copy: same vector, no model run
                     copy = store.vectors([source.id])[1]
                     rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, source.width,
-                                       source.height, vector=copy[0]))
+                                       source.height, vector=copy[0], meta=seen.meta))
                     run.reused += 1
             else:
-                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, *seen.dims, vector=vector))
+                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, *seen.dims, vector=vector,
+                                   meta=seen.meta))
                 run.encoded += 1
         if rows or moves:
             store.write_batch(rows, moves=moves)
@@ -188,6 +195,8 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         if on_progress is not None:
             on_progress(done, total)
     store.touch(touch)
+    store.set_metadata(described)
+    _describe_unread(store, found, roots)
     if gone:
         store.write_batch([], removals=list(gone))
         run.removed = len(gone)
@@ -208,6 +217,21 @@ def _local_batches(todo: list[_Seen], look, encoder: Encoder, batch_size: int, w
         for seen in batch:
             seen.pixels = None  # free the pixels once encoded
         yield batch, vectors
+
+
+def _describe_unread(store: IndexStore, found: set[str], roots: Sequence[Path], chunk: int = 500) -> None:
+    """Read the metadata of indexed files that have none yet (an index from before schema 3 upgrades in place:
+    headers only, no decoding, no re-encoding), in transactions of ``chunk`` files."""
+    todo = [(i, path, mtime) for i, path, mtime in store.undescribed() if path in found and _under(path, roots)]
+    for start in range(0, len(todo), chunk):
+        rows = []
+        for row_id, path, mtime_ns in todo[start : start + chunk]:
+            try:
+                with open(path, "rb") as fh:
+                    rows.append((row_id, read_metadata(fh, mtime_ns)))
+            except OSError:  # gone or unreadable since it was listed: the next run tries again
+                continue
+        store.set_metadata(rows)
 
 
 def _under(path: str, roots: Sequence[Path]) -> bool:

@@ -25,6 +25,8 @@ from ..models import Encoder, l2_normalize, load_model, resolve_model_dir
 from ..models.keys import checkpoint_key
 from ..text.match import TextMatch
 from ..text.reference import reference_best, reranking_vocabulary
+from ..inputs.metadata import PhotoMetadata
+from .filters import SearchFilter
 from .store import IndexStore
 from .sync import sync_vector_index, writer_lock
 
@@ -45,16 +47,20 @@ class SearchHit:
     id: int | None = None  # the file's id in the index (the service names thumbnails by it, never by path)
     similarity: float | None = None
     match: float | None = None  # P(the image shows the query's text), for queries of one text
+    meta: PhotoMetadata | None = None
 
     def to_dict(self) -> dict:
+        meta = self.meta or PhotoMetadata()
         return {"path": display_path(self.path), "id": self.id, "score": self.score, "similarity": self.similarity,
-                "match": self.match}
+                "match": self.match, "taken": meta.taken, "taken_source": meta.taken_source, "camera": meta.camera,
+                "lat": meta.lat, "lon": meta.lon}
 
 
 @dataclass
 class SearchResult:
-    """Hits best first; ``score_kind`` is ``similarity`` (scores are cosines with the query) or ``margin``
-    (re-ranked: each cosine less the image's best cosine with a reference caption)."""
+    """Hits best first; ``score_kind`` is ``similarity`` (scores are cosines with the query), ``margin``
+    (re-ranked: each cosine less the image's best cosine with a reference caption) or ``none`` (filters
+    alone, no query: newest first)."""
 
     query: str
     hits: list[SearchHit] = field(default_factory=list)
@@ -79,6 +85,7 @@ class DuplicateGroup:
 
 
 RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
+EXACT_FILTERED = 100_000  # filters keeping at most this many photos search them exactly
 EXACT_LINKAGE_UP_TO = 1000  # linked candidates grouped by exact complete linkage; past this, greedy cliques
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
@@ -220,7 +227,7 @@ class PhotoIndex:
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
                subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
                rerank: bool | None = None, files: bool = True, image_vector: np.ndarray | None = None,
-               min_match: float | None = None) -> SearchResult:
+               min_match: float | None = None, filters: SearchFilter | None = None) -> SearchResult:
         """The ``top`` files best matching the query (those scoring at least ``threshold``), best first.
 
         The query is the normalised sum of its terms: ``query`` (text, or arithmetic on terms), an example
@@ -234,6 +241,10 @@ class PhotoIndex:
         A query of one text gives each hit ``match``, the probability that the image shows that text (see
         :class:`cliplens.text.match.TextMatch`); ``min_match`` keeps only hits whose match is at least that,
         so a query that no image shows has no results (and the result names its ``near_miss``).
+
+        ``filters`` (:class:`~cliplens.index.filters.SearchFilter`: date taken, camera, place, path) narrow the
+        candidates before the vector search, so ``top`` results come back whenever that many pass; without any
+        query term they list the photos that pass, newest first.
         """
         terms = parse_query(query, files=files) if query else []
         if image is not None:
@@ -243,6 +254,15 @@ class PhotoIndex:
         terms += [_term(t, 1, files) for t in add] + [_term(t, -1, files) for t in subtract]
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
+        allowed = self._allowed(filters)
+        if not terms and image_vector is None and allowed is not None:  # filters alone
+            if min_match is not None:
+                raise UsageError("a minimum match needs a query of one text", value=min_match, parameter="min_match")
+            if top < 1:
+                raise UsageError(f"must be at least 1 (got {top})", parameter="top")
+            ids = allowed[:top]
+            return SearchResult("", self._hits(np.zeros(len(ids), np.float32), ids, np.full(len(ids), np.nan), None),
+                                "none")
         if image_vector is None:
             vector = self.query_vector(terms)
         else:  # an example image with optional text terms
@@ -259,22 +279,23 @@ class PhotoIndex:
                              "subtracted)", value=min_match, parameter="min_match")
         return self.search_vector(vector, shown.strip(), top=top, threshold=threshold,
                                   rerank=rerank if text_only else False,
-                                  match_text=terms[0].text if one_text else None, min_match=min_match)
+                                  match_text=terms[0].text if one_text else None, min_match=min_match,
+                                  allowed=allowed)
 
     def search_vector(self, vector: np.ndarray, shown: str = "", *, top: int = 10, threshold: float | None = None,
-                      rerank: bool | None = None, match_text: str | None = None, min_match: float | None = None
-                      ) -> SearchResult:
+                      rerank: bool | None = None, match_text: str | None = None, min_match: float | None = None,
+                      allowed: np.ndarray | None = None) -> SearchResult:
         """The ``top`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
         explains unless ``rerank`` is False (as it should be for image queries). ``match_text``: the query's
-        text, whose match each hit gets; ``min_match`` (needs it) keeps the hits matching at least that."""
+        text, whose match each hit gets; ``min_match`` (needs it) keeps the hits matching at least that;
+        ``allowed``: the only ids that may be returned (from :meth:`_allowed`)."""
         if top < 1:
             raise UsageError(f"must be at least 1 (got {top})", parameter="top")
         if min_match is not None and not 0.0 <= min_match <= 1.0:
             raise UsageError(f"must be a probability in [0, 1] (got {min_match})", parameter="min_match")
         reference = reranking_vocabulary(self.encoder, rerank)
         pool = top if reference is None and min_match is None else max(10 * top, RERANK_POOL)
-        scores, ids = self.vectors.search(vector[None], min(pool, len(self.vectors)))
-        scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+        scores, ids = self._candidates(vector, pool, allowed)
         similarities = scores
         if reference is not None and len(ids):
             found, candidates = self.store.vectors(ids)
@@ -299,6 +320,29 @@ class PhotoIndex:
                 if threshold is None or h.score >= threshold]
         return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin", near_miss)
 
+    def _allowed(self, filters: SearchFilter | None) -> np.ndarray | None:
+        """The ids that pass ``filters``, newest first, or None without filters."""
+        if filters is None or not filters.active:
+            return None
+        conditions, params = filters.sql()
+        return filters.keep(self.store.filtered_ids(conditions, params))
+
+    def _candidates(self, vector: np.ndarray, pool: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``pool`` best matches among ``allowed`` (all when None), best first."""
+        if allowed is None or len(allowed) > EXACT_FILTERED:
+            k = min(len(self.vectors), pool if allowed is None else
+                    pool * max(1, -(-2 * len(self.vectors) // len(allowed))))
+            scores, ids = self.vectors.search(vector[None], k)
+            scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+            if allowed is not None:  # a broad filter: the approximate search, with room for the filter
+                keep = np.isin(ids, allowed)
+                scores, ids = scores[keep][:pool], ids[keep][:pool]
+            return scores, ids
+        ids, vectors = self.store.vectors(allowed)  # a narrow filter: exact search among the photos that pass
+        scores = vectors @ np.asarray(vector, np.float32)
+        order = np.argsort(-scores, kind="stable")[:pool]
+        return scores[order].astype(np.float32), ids[order]
+
     def _matches(self, text: str | None, ids: np.ndarray) -> np.ndarray | None:
         """P(each image shows ``text``), or None without a text."""
         if text is None:
@@ -309,8 +353,10 @@ class PhotoIndex:
 
     def _hits(self, scores, ids, similarities, matches) -> list[SearchHit]:
         paths = self.store.paths(ids)
+        metadata = self.store.metadata(ids)
         rows = zip(scores, ids, similarities, matches if matches is not None else [None] * len(ids))
-        return [SearchHit(paths[int(i)], float(s), int(i), float(c), None if m is None else float(m))
+        return [SearchHit(paths[int(i)], float(s), int(i), None if np.isnan(c) else float(c),
+                          None if m is None else float(m), metadata.get(int(i)))
                 for s, i, c, m in rows if int(i) in paths]
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:

@@ -29,9 +29,10 @@ import numpy as np
 
 from ..errors import UsageError
 from ..files import display_path, writable
+from ..inputs.metadata import PhotoMetadata
 
 DB_FILE = "index.sqlite"
-SCHEMA_VERSION = 2  # 1: paths as text; 2: paths as the file system's bytes
+SCHEMA_VERSION = 3  # 1: paths as text; 2: paths as the file system's bytes; 3: photo metadata
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +47,14 @@ CREATE TABLE IF NOT EXISTS files (
     error TEXT,
     vector BLOB,
     gen INTEGER NOT NULL DEFAULT 0,
-    indexed_at REAL
+    indexed_at REAL,
+    taken TEXT,
+    taken_source TEXT,
+    camera_make TEXT,
+    camera_model TEXT,
+    lat REAL,
+    lon REAL,
+    orientation INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
@@ -55,8 +63,12 @@ CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
 """
 
 # Each migration brings a store from the version before it to the version it is listed under.
+_METADATA = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon", "orientation")
 _MIGRATIONS = {
     2: ["UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text'"],
+    # the next `cliplens index` run reads the metadata of the rows without it (no re-encoding)
+    3: [f"ALTER TABLE files ADD COLUMN {name} {kind}" for name, kind in
+        zip(_METADATA, ("TEXT", "TEXT", "TEXT", "TEXT", "REAL", "REAL", "INTEGER"))],
 }
 _COLUMNS = "id, path, size, mtime_ns, sha256, width, height, error, vector, gen, indexed_at"
 
@@ -114,6 +126,7 @@ class NewRow:
     height: int | None = None
     error: str | None = None
     vector: np.ndarray | None = None
+    meta: PhotoMetadata | None = None
 
 
 @dataclass
@@ -402,6 +415,8 @@ class IndexStore:
                     self._remove(row.path, gen)  # the moved file took the place of another: that one's vector goes
                 self.db.run("UPDATE files SET path = ?, size = ?, mtime_ns = ?, indexed_at = ? WHERE id = ?",
                             (key, row.size, row.mtime_ns, now, row_id))
+                if row.meta is not None:
+                    self._set_metadata(row_id, row.meta)
             for row in rows:
                 key = _path_key(row.path)
                 blob = None if row.vector is None else np.ascontiguousarray(row.vector, np.float32).tobytes()
@@ -415,8 +430,47 @@ class IndexStore:
                     "height = excluded.height, error = excluded.error, vector = excluded.vector, gen = excluded.gen, "
                     "indexed_at = excluded.indexed_at",
                     (key, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now))
+                meta = row.meta if row.meta is not None else PhotoMetadata()
+                self.db.run(f"UPDATE files SET {', '.join(f'{name} = ?' for name in _METADATA)} WHERE path = ?",
+                            (*_metadata_values(meta), key))
             self._set_meta("generation", str(gen))
         return gen
+
+    def _set_metadata(self, row_id: int, meta: PhotoMetadata) -> None:
+        self.db.run(f"UPDATE files SET {', '.join(f'{name} = ?' for name in _METADATA)} WHERE id = ?",
+                    (*_metadata_values(meta), row_id))
+
+    def set_metadata(self, rows: Sequence[tuple[int, PhotoMetadata]]) -> None:
+        """The metadata of known rows (read again, or for the first time after an upgrade), in one transaction."""
+        if rows:
+            with self.transaction():
+                for row_id, meta in rows:
+                    self._set_metadata(row_id, meta)
+
+    def undescribed(self) -> list[tuple[int, str, int | None]]:
+        """(id, path, mtime_ns) of the indexed files whose metadata was never read (rows from before schema 3)."""
+        return [(i, _path(p), m) for i, p, m in self.db.query(
+            "SELECT id, path, mtime_ns FROM files WHERE vector IS NOT NULL AND taken_source IS NULL "
+            "AND taken IS NULL")]
+
+    def metadata(self, ids: Iterable[int]) -> dict[int, PhotoMetadata]:
+        """The metadata of these rows, by id."""
+        ids = [int(i) for i in ids]
+        found: dict[int, PhotoMetadata] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(f"SELECT id, {', '.join(_METADATA)} FROM files WHERE id IN ({marks})", chunk):
+                found[row[0]] = PhotoMetadata(*row[1:])
+        return found
+
+    def filtered_ids(self, conditions: Sequence[str], params: Sequence) -> list[tuple]:
+        """(id, path, taken, lat, lon) of the files with a vector that meet every SQL condition (on the metadata
+        columns), newest first."""
+        where = " AND ".join(["vector IS NOT NULL", *conditions])
+        return [(r[0], _path(r[1]), *r[2:]) for r in self.db.query(
+            f"SELECT id, path, taken, lat, lon FROM files WHERE {where} ORDER BY substr(taken, 1, 19) DESC, id",
+            params)]
 
     def touch(self, updates: Sequence[tuple[int, int, int]]) -> None:
         """New (size, mtime) for rows whose content did not change: (id, size, mtime_ns)."""
@@ -478,6 +532,11 @@ class IndexStore:
         finally:
             store.close()
         return Recovery(aside, len(rows), lost)
+
+
+def _metadata_values(meta: PhotoMetadata) -> tuple:
+    return (meta.taken, meta.taken_source, meta.camera_make, meta.camera_model, meta.lat, meta.lon,
+            meta.orientation)
 
 
 def _bound_rows(meta: dict[str, str], rows: list[tuple]) -> list[tuple]:

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import Encoder, PhotoIndex, __version__, load_model
+from .. import Encoder, PhotoIndex, SearchFilter, __version__, load_model, parse_position
 from . import schemas
 from .config import ServiceConfig
 from .engine import Engine
@@ -138,7 +138,9 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         params, uploads = await read_body(request, schemas.SearchParams, schemas.SearchJson,
                                           image_fields=("image",), max_images=1)
         upload = uploads["image"][0] if uploads["image"] else None
-        return await engine().search(params.query, upload, params.top, params.threshold, params.min_match)
+        filters = SearchFilter(params.after, params.before, params.camera,
+                               parse_position(params.near) if params.near else None, params.within_km)
+        return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters)
 
     @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
                                                      404: ERRORS[400] | {"description": "No such file"}})

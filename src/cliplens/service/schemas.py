@@ -80,6 +80,14 @@ class SearchParams(_Strict):
     min_match: Optional[float] = Field(None, ge=0, le=1, description=(
         "Only images that show the query with at least this probability (a query of one text); a query that "
         "nothing shows then has no results, and near_miss names the closest."))
+    after: Optional[Text] = Field(None, description="Only photos taken in or after this date: YYYY, YYYY-MM or "
+                                                    "YYYY-MM-DD (the photo's own local time).")
+    before: Optional[Text] = Field(None, description="Only photos taken in or before this date (as after).")
+    camera: Optional[Text] = Field(None, description="Only photos from a camera whose make or model holds this "
+                                                     "text (any case).")
+    near: Optional[Text] = Field(None, description='Only photos taken near this place: "LAT,LON" in decimal '
+                                                   "degrees.")
+    within_km: Optional[float] = Field(None, gt=0, le=20037, description="How near, with near (default 1 km).")
 
 
 class SearchJson(SearchParams):
@@ -162,9 +170,17 @@ class SearchHitOut(BaseModel):
     path: str
     id: int = Field(description="The file's id in the index.")
     score: float = Field(description="What the results are ranked by (see score_kind).")
-    similarity: float = Field(description="The file's cosine with the query.")
+    similarity: Optional[float] = Field(None, description="The file's cosine with the query (null for filters "
+                                                          "alone).")
     match: Optional[float] = Field(None, description="The probability that the image shows the query (queries of "
                                                      "one text; null otherwise).")
+    taken: Optional[str] = Field(None, description="When the photo was taken (ISO 8601, its own local time, with "
+                                                   "the offset when the camera wrote one).")
+    taken_source: Optional[str] = Field(None, description="Where taken comes from: exif, or file (its "
+                                                          "modification time).")
+    camera: Optional[str] = Field(None, description="The camera's make and model.")
+    lat: Optional[float] = Field(None, description="Where it was taken (GPS), when known.")
+    lon: Optional[float] = None
     thumbnail: str = Field(description="URL of the file's thumbnail on this service.")
 
 

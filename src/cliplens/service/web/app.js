@@ -203,9 +203,15 @@ async function search(event) {
   await run(section, $("#search-run"), async () => {
     const query = $("#search-query").value.trim();
     const image = $("#search-image");
-    if (!query && !image.files.length) throw new ApiProblem("Type a query or drop an example image.");
+    const filters = ["after", "before", "camera", "near", "within"]
+      .map((name) => [name === "within" ? "within_km" : name, $(`#search-${name}`).value.trim()])
+      .filter(([, value]) => value);
+    if (!query && !image.files.length && !filters.length) {
+      throw new ApiProblem("Type a query, drop an example image, or say when, which camera or where.");
+    }
     const form = new FormData();
     if (query) form.append("query", query);
+    for (const [name, value] of filters) form.append(name, value);
     if (image.files.length) form.append("image", image.files[0]);
     form.append("top", $("#search-top").value || "24");
     const result = await api("/v1/search", form);
@@ -231,9 +237,10 @@ async function search(event) {
       const img = element("img", { alt: name, loading: "lazy" });
       img.src = await thumbnailURL(hit.thumbnail);
       const match = hit.match != null ? element("span", { class: "match" }, `match ${percent(hit.match)}`) : "";
+      const taken = hit.taken ? element("span", { class: "match" }, hit.taken.slice(0, 10)) : "";
       target.append(element("figure", { title: hit.path, "data-match": hit.match ?? "" }, img,
-        element("figcaption", {}, element("span", {}, name), element("span", { class: "score" }, hit.score.toFixed(3)),
-          match)));
+        element("figcaption", {}, element("span", {}, name),
+          result.score_kind === "none" ? "" : element("span", { class: "score" }, hit.score.toFixed(3)), match, taken)));
     }
   });
 }
