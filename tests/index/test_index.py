@@ -105,6 +105,33 @@ def test_image_query_returns_its_near_duplicates_first(with_duplicates):
     assert found >= len(pairs) - 1  # the copy comes right after the image itself
 
 
+def test_more_like_this_searches_by_the_stored_vector_without_the_model(with_duplicates, tmp_path):
+    index, pairs = with_duplicates
+    photo_index = PhotoIndex(index)
+    try:
+        found = 0
+        for original, copy in pairs:
+            hits = photo_index.search(like=original, top=2).hits
+            assert str(original) not in [h.path for h in hits]  # the file itself is not more like itself
+            found += hits[0].path == str(copy)
+        assert found >= len(pairs) - 1
+        assert photo_index._encoder is None  # nothing was read or encoded: the index's own vectors
+        by_id = photo_index.search(like=photo_index.store.id_of(pairs[0][0]), top=2)
+        assert [h.path for h in by_id.hits] == [h.path for h in photo_index.search(like=pairs[0][0], top=2).hits]
+        outside = tmp_path / "not-indexed.png"
+        Image.new("RGB", (32, 32)).save(outside)
+        for unknown in (outside, 10**9):
+            with pytest.raises(UsageError) as caught:
+                photo_index.search(like=unknown)
+            assert caught.value.parameter == "like"
+    finally:
+        photo_index.close()
+    proc = subprocess.run([sys.executable, "-m", "cliplens.cli", "search", "--like", str(pairs[1][0]), "-k", "1",
+                           "--index", str(index), "--json"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and json.loads(proc.stdout)["results"][0]["path"] == str(pairs[1][1]), proc.stderr
+
+
 def test_dedupe_finds_planted_duplicates(with_duplicates):
     index, pairs = with_duplicates
     photo_index = PhotoIndex(index)

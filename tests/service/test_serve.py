@@ -179,6 +179,14 @@ def test_search_filters_by_metadata_and_carries_it(client, index_dir):
     assert "near" in _error(client.post("/v1/search", json={"query": "x", "near": "here"}), 400)
 
 
+def test_more_like_this_by_id_leaves_the_file_out(client, index_dir):
+    first = client.post("/v1/search", json={"query": "a red circle", "top": 1}).json()["results"][0]
+    more = client.post("/v1/search", json={"like": first["id"], "top": 3}).json()
+    assert len(more["results"]) == 3 and first["id"] not in [r["id"] for r in more["results"]]
+    assert more["query"] == f"like #{first['id']}" and not any(Path(r["path"]).is_absolute() for r in more["results"])
+    assert "like" in _error(client.post("/v1/search", json={"like": 10**12}), 400)
+
+
 def test_search_with_a_minimum_match_answers_nothing_for_what_no_image_shows(client, index_dir):
     kept = client.post("/v1/search", json={"query": "a red circle", "top": 5, "min_match": 0.5}).json()
     assert kept["results"] and all(r["match"] >= 0.5 for r in kept["results"]) and kept["near_miss"] is None

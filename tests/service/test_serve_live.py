@@ -166,6 +166,13 @@ def test_caption_search_and_rank_tabs(live, page, tmp_path):
     page.click("#search-run")
     page.wait_for_selector("#search-results figure img")
     assert page.locator("#search-results figure").count() == 6  # every generated file is dated after 2000
+    page.fill("#search-after", "")
+    chosen = page.locator("#search-results figure").first.get_attribute("data-id")
+    page.locator("#search-results figure").first.locator(".more-like").click()
+    page.wait_for_function(f"() => document.querySelector('#search-results figure') && "
+                           f"document.querySelector('#search-results figure').dataset.id !== '{chosen}'")
+    ids = [page.locator("#search-results figure").nth(i).get_attribute("data-id") for i in range(6)]
+    assert chosen not in ids and len(set(ids)) == 6
 
     page.click("[data-tab=rank]")
     paths = [_scene_png(tmp_path, f"{colour}-{shape}.png", shape, colour)

@@ -108,6 +108,9 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
 def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic on terms: \'"horse" + "stripes" - '
                                                               '"brown"\'. A term may be an image file.'),
            image: Optional[Path] = typer.Option(None, "--image", metavar="FILE", help="Search by an example image."),
+           like: Optional[Path] = typer.Option(None, "--like", metavar="FILE",
+                                               help="More like this indexed file (its stored vector: not read or "
+                                                    "encoded again; the file itself is left out)."),
            add_terms: List[str] = typer.Option(None, "--add", metavar="TERM",
                                                help="A term to add to the query (repeatable)."),
            subtract: List[str] = typer.Option(None, "--subtract", metavar="TERM",
@@ -144,12 +147,13 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     these")."""
     filters = cliplens.SearchFilter(after, before, camera, cliplens.parse_position(near) if near else None,
                                     within_km, path)
-    if query is None and image is None and not add_terms and not filters.active:
-        raise UsageError("give a text query, an example image, terms to add, or filters", parameter="query")
+    if query is None and image is None and like is None and not add_terms and not filters.active:
+        raise UsageError("give a text query, an example image, a file to find more like, terms to add, or filters",
+                         parameter="query")
     photos = cliplens.PhotoIndex(index, model, device=device, backend=backend, precision=precision)
     try:
         result = photos.search(query, image=image, add=add_terms or (), subtract=subtract or (), top=top,
-                               threshold=threshold, min_match=min_match, filters=filters)
+                               threshold=threshold, min_match=min_match, filters=filters, like=like)
     finally:
         photos.close()
     if as_json:

@@ -85,7 +85,7 @@ class DuplicateGroup:
 
 
 RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
-EXACT_FILTERED = 100_000  # filters keeping at most this many photos search them exactly
+EXACT_FILTERED = 20_000  # filters keeping at most this many photos search them exactly
 EXACT_LINKAGE_UP_TO = 1000  # linked candidates grouped by exact complete linkage; past this, greedy cliques
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
@@ -227,7 +227,8 @@ class PhotoIndex:
     def search(self, query: str | None = None, *, image: str | Path | None = None, add: Sequence[str] = (),
                subtract: Sequence[str] = (), top: int = 10, threshold: float | None = None,
                rerank: bool | None = None, files: bool = True, image_vector: np.ndarray | None = None,
-               min_match: float | None = None, filters: SearchFilter | None = None) -> SearchResult:
+               min_match: float | None = None, filters: SearchFilter | None = None,
+               like: str | os.PathLike | int | None = None) -> SearchResult:
         """The ``top`` files best matching the query (those scoring at least ``threshold``), best first.
 
         The query is the normalised sum of its terms: ``query`` (text, or arithmetic on terms), an example
@@ -245,6 +246,9 @@ class PhotoIndex:
         ``filters`` (:class:`~cliplens.index.filters.SearchFilter`: date taken, camera, place, path) narrow the
         candidates before the vector search, so ``top`` results come back whenever that many pass; without any
         query term they list the photos that pass, newest first.
+
+        ``like``: an indexed file (its path, or its id as hits give it) whose stored vector is the example
+        image, without reading or encoding the file again ("more like this"); the file itself is not a result.
         """
         terms = parse_query(query, files=files) if query else []
         if image is not None:
@@ -255,6 +259,10 @@ class PhotoIndex:
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
         allowed = self._allowed(filters)
+        exclude = None
+        if like is not None:
+            exclude, image_vector = self._like(like, image_vector)
+            shown = " ".join(filter(None, [f"like {self.path_of(exclude)}", shown]))
         if not terms and image_vector is None and allowed is not None:  # filters alone
             if min_match is not None:
                 raise UsageError("a minimum match needs a query of one text", value=min_match, parameter="min_match")
@@ -280,22 +288,24 @@ class PhotoIndex:
         return self.search_vector(vector, shown.strip(), top=top, threshold=threshold,
                                   rerank=rerank if text_only else False,
                                   match_text=terms[0].text if one_text else None, min_match=min_match,
-                                  allowed=allowed)
+                                  allowed=allowed, exclude=exclude)
 
     def search_vector(self, vector: np.ndarray, shown: str = "", *, top: int = 10, threshold: float | None = None,
                       rerank: bool | None = None, match_text: str | None = None, min_match: float | None = None,
-                      allowed: np.ndarray | None = None) -> SearchResult:
+                      allowed: np.ndarray | None = None, exclude: int | None = None) -> SearchResult:
         """The ``top`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
         explains unless ``rerank`` is False (as it should be for image queries). ``match_text``: the query's
         text, whose match each hit gets; ``min_match`` (needs it) keeps the hits matching at least that;
-        ``allowed``: the only ids that may be returned (from :meth:`_allowed`)."""
+        ``allowed``: the only ids that may be returned (from :meth:`_allowed`); ``exclude``: an id that may not."""
         if top < 1:
             raise UsageError(f"must be at least 1 (got {top})", parameter="top")
         if min_match is not None and not 0.0 <= min_match <= 1.0:
             raise UsageError(f"must be a probability in [0, 1] (got {min_match})", parameter="min_match")
-        reference = reranking_vocabulary(self.encoder, rerank)
+        reference = None if rerank is False else reranking_vocabulary(self.encoder, rerank)  # no model otherwise
         pool = top if reference is None and min_match is None else max(10 * top, RERANK_POOL)
-        scores, ids = self._candidates(vector, pool, allowed)
+        scores, ids = self._candidates(vector, pool + (exclude is not None), allowed)
+        if exclude is not None:
+            scores, ids = scores[ids != exclude], ids[ids != exclude]
         similarities = scores
         if reference is not None and len(ids):
             found, candidates = self.store.vectors(ids)
@@ -319,6 +329,19 @@ class PhotoIndex:
                                       None if matches is None else matches[:top])
                 if threshold is None or h.score >= threshold]
         return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin", near_miss)
+
+    def _like(self, like: str | os.PathLike | int, image_vector: np.ndarray | None) -> tuple[int, np.ndarray]:
+        """The id of the indexed file ``like`` names and its stored vector (added to ``image_vector``, if any)."""
+        if isinstance(like, (int, np.integer)) and not isinstance(like, bool):
+            file_id = int(like) if self.path_of(int(like)) is not None else None
+        else:
+            file_id = self.store.id_of(Path(like).expanduser().resolve())
+        found = self.store.vectors([file_id])[1] if file_id is not None else np.zeros((0, 0))
+        if not len(found):
+            raise UsageError("not in the index (give a file it holds, as search results name it)",
+                             value=like if isinstance(like, int) else display_path(like), parameter="like")
+        vector = found[0] if image_vector is None else found[0] + np.asarray(image_vector, np.float32).reshape(-1)
+        return file_id, vector
 
     def _allowed(self, filters: SearchFilter | None) -> np.ndarray | None:
         """The ids that pass ``filters``, newest first, or None without filters."""

@@ -374,6 +374,11 @@ class IndexStore:
         rows = self.db.query("SELECT DISTINCT id FROM removed WHERE gen > ?", (generation,))
         return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
+    def id_of(self, path: str | os.PathLike) -> int | None:
+        """The id of the indexed file at ``path`` (one with a vector), or None."""
+        found = self.db.query("SELECT id FROM files WHERE path = ? AND vector IS NOT NULL", (_path_key(path),))
+        return found[0][0] if found else None
+
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         ids = [int(i) for i in ids]
         found: dict[int, str] = {}

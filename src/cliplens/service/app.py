@@ -140,7 +140,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         upload = uploads["image"][0] if uploads["image"] else None
         filters = SearchFilter(params.after, params.before, params.camera,
                                parse_position(params.near) if params.near else None, params.within_km)
-        return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters)
+        return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters,
+                                     params.like)
 
     @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
                                                      404: ERRORS[400] | {"description": "No such file"}})

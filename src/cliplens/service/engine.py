@@ -176,17 +176,20 @@ class Engine:
                 "texts": [{"name": t, "embedding": v.tolist()} for t, v in zip(texts, text_vectors)]}
 
     async def search(self, query: str | None, upload: Upload | None, top: int, threshold: float | None,
-                     min_match: float | None = None, filters: SearchFilter | None = None) -> dict:
+                     min_match: float | None = None, filters: SearchFilter | None = None,
+                     like: int | None = None) -> dict:
         photos = self._require_index()
-        if not (query and query.strip()) and upload is None and not (filters and filters.active):
-            raise ApiError(422, "invalid_field", "give a query, an image, filters, or any of them together")
+        if not (query and query.strip()) and upload is None and like is None and not (filters and filters.active):
+            raise ApiError(422, "invalid_field", "give a query, an image, a file to find more like, filters, or any "
+                                                 "of them together")
         query = query if query and query.strip() else None
         image = (await self.embed_uploads([upload]))[0] if upload is not None else None
-        shown = " + ".join(filter(None, [query, upload.name if upload is not None else None]))
+        shown = " + ".join(filter(None, [f"like #{like}" if like is not None else None, query,
+                                         upload.name if upload is not None else None]))
         # every term is text, never a server file
         result = await self._model_call(lambda: photos.search(query, image_vector=image, top=top,
                                                                threshold=threshold, files=False, min_match=min_match,
-                                                               filters=filters))
+                                                               filters=filters, like=like))
         data = result.to_dict() | {"query": shown}
         pairs = list(zip(data["results"], result.hits))
         if result.near_miss is not None:

@@ -88,6 +88,8 @@ class SearchParams(_Strict):
     near: Optional[Text] = Field(None, description='Only photos taken near this place: "LAT,LON" in decimal '
                                                    "degrees.")
     within_km: Optional[float] = Field(None, gt=0, le=20037, description="How near, with near (default 1 km).")
+    like: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="More like this indexed file: its id (as "
+                                                                       "results give it); the file itself is left out.")
 
 
 class SearchJson(SearchParams):

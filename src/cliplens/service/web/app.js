@@ -197,22 +197,23 @@ async function thumbnailURL(path) {
   return URL.createObjectURL(await response.blob());
 }
 
-async function search(event) {
-  event.preventDefault();
+async function search(event, like = null) {
+  if (event) event.preventDefault();
   const section = $("#tab-search");
   await run(section, $("#search-run"), async () => {
-    const query = $("#search-query").value.trim();
+    const query = like == null ? $("#search-query").value.trim() : "";
     const image = $("#search-image");
     const filters = ["after", "before", "camera", "near", "within"]
       .map((name) => [name === "within" ? "within_km" : name, $(`#search-${name}`).value.trim()])
       .filter(([, value]) => value);
-    if (!query && !image.files.length && !filters.length) {
+    if (like == null && !query && !image.files.length && !filters.length) {
       throw new ApiProblem("Type a query, drop an example image, or say when, which camera or where.");
     }
     const form = new FormData();
     if (query) form.append("query", query);
     for (const [name, value] of filters) form.append(name, value);
-    if (image.files.length) form.append("image", image.files[0]);
+    if (like != null) form.append("like", String(like));
+    else if (image.files.length) form.append("image", image.files[0]);
     form.append("top", $("#search-top").value || "24");
     const result = await api("/v1/search", form);
     const target = $("#search-results");
@@ -238,9 +239,12 @@ async function search(event) {
       img.src = await thumbnailURL(hit.thumbnail);
       const match = hit.match != null ? element("span", { class: "match" }, `match ${percent(hit.match)}`) : "";
       const taken = hit.taken ? element("span", { class: "match" }, hit.taken.slice(0, 10)) : "";
-      target.append(element("figure", { title: hit.path, "data-match": hit.match ?? "" }, img,
+      const more = element("button", { type: "button", class: "more-like" }, "More like this");
+      more.addEventListener("click", () => search(null, hit.id));  // by id: the page never names server files
+      target.append(element("figure", { title: hit.path, "data-match": hit.match ?? "", "data-id": hit.id }, img,
         element("figcaption", {}, element("span", {}, name),
-          result.score_kind === "none" ? "" : element("span", { class: "score" }, hit.score.toFixed(3)), match, taken)));
+          result.score_kind === "none" ? "" : element("span", { class: "score" }, hit.score.toFixed(3)), match, taken),
+        more));
     }
   });
 }
