@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError, UsageError, printable
+from .raw import RAW_EXTENSIONS, RawDecodeError, RawUnavailable, decode_raw, raw_format, raw_size
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -28,7 +29,7 @@ DEFAULT_MAX_PIXELS = 150_000_000
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"}
-)
+) | RAW_EXTENSIONS
 
 _SIGNATURES = {  # formats we can name even when Pillow cannot read them
     b"ftypheic": "HEIC", b"ftypheix": "HEIC", b"ftyphevc": "HEIC", b"ftypmif1": "HEIF", b"ftypmsf1": "HEIF",
@@ -224,6 +225,10 @@ def load_image(source: ImageSource, *, draft_size: int | None = None, pixel_limi
             image = source
         else:
             data = _read_bytes(source, name)
+            if (raw := raw_format(data)) is not None:
+                image = _decode_raw(data, raw, name, draft_size)
+                _check_pixels(image, name, limit)
+                return image
             _register_heif()
             image = _pillow_open(data)
         _check_pixels(image, name, limit)
@@ -234,6 +239,16 @@ def load_image(source: ImageSource, *, draft_size: int | None = None, pixel_limi
         return _to_rgb(upright)
     except _DECODE_ERRORS as exc:
         raise _load_error(exc, name, data, limit) from None
+
+
+def _decode_raw(data: bytes, fmt: str, name: str, draft_size: int | None) -> Image.Image:
+    try:
+        return decode_raw(data, min_side=draft_size)
+    except RawUnavailable:
+        label = "camera RAW" if fmt == "RAW" else f"{fmt} camera RAW"
+        raise ImageLoadError(name, f"{label} file needs the raw extra: pip install 'cliplens[raw]'") from None
+    except RawDecodeError as exc:
+        raise ImageLoadError(name, f"truncated or corrupt RAW file ({exc})") from None
 
 
 _DECODE_ERRORS = (ImageLoadError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError,
@@ -270,6 +285,11 @@ def image_size(source: ImageSource) -> tuple[int, int]:
         return load_image(source).size
     name = source_name(source)
     data = _read_bytes(source, name)
+    if (raw := raw_format(data)) is not None:
+        try:
+            return raw_size(data)
+        except (RawUnavailable, RawDecodeError):
+            return _decode_raw(data, raw, name, None).size  # raises the reason
     _register_heif()
     try:
         im = _pillow_open(data)
