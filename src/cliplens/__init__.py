@@ -21,6 +21,7 @@ from .files import atomic_write, check_output_file, check_output_folder, display
 from .inputs.demo_data import DEMO_LABELS, write_demo_data
 from .inputs.images import expand_paths, load_image
 from .inputs.pairs import Pair, read_pairs
+from .inputs.video import load_video_frame
 from .inputs.wordlists import imagenet_classes, read_labels_file
 from .models import (DEFAULT_MODEL, Encoder, ImagePreprocessor, ModelInfo, TextTruncatedWarning, list_models,
                      load_model, pull_model, release_models, resolve_model_dir)
@@ -77,7 +78,8 @@ __all__ = [
     "DEFAULT_TEMPLATE", "LabelWarning", "TemplateSet", "cosine", "label_probabilities", "parse_template_sets",
     "resolve_templates", "template_set_names",
     # inputs and files
-    "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "read_labels_file", "read_pairs",
+    "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "load_video_frame", "read_labels_file",
+    "read_pairs",
     "write_demo_data", "atomic_write", "check_output_file", "check_output_folder", "display_path",
     # training
     "TrainConfig", "TrainResult", "train_model",

@@ -158,12 +158,14 @@ def test_an_index_from_the_previous_schema_upgrades_in_place_without_re_encoding
     old.mkdir()
     with sqlite3.connect(index / "index.sqlite") as source, sqlite3.connect(old / "index.sqlite") as copy:
         source.backup(copy)
-    with sqlite3.connect(old / "index.sqlite") as db:  # what schema 2 held: no metadata columns
-        for column in ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon", "orientation"):
+    with sqlite3.connect(old / "index.sqlite") as db:  # what schema 2 held: no metadata columns, no videos
+        db.execute("DROP INDEX files_parent")
+        for column in ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon", "orientation", "kind",
+                       "parent", "time", "until"):
             db.execute(f"ALTER TABLE files DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     store = IndexStore(old)
-    assert store.meta("schema") == "3" and len(store.undescribed()) == len(PHOTOS) + 14
+    assert store.meta("schema") == "4" and len(store.undescribed()) == len(PHOTOS) + 14
     store.close()
     run = update_index([folder], old, "demo", backend="torch")
     assert run.encoded == 0 and run.unchanged == len(PHOTOS) + 14  # headers read, nothing decoded or encoded
@@ -178,7 +180,7 @@ def test_an_index_from_the_previous_schema_upgrades_in_place_without_re_encoding
     finally:
         photos.close()
     with sqlite3.connect(old / "index.sqlite") as db:
-        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+        db.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
     with pytest.raises(UsageError, match="newer cliplens"):
         IndexStore(old)
 

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
     for name, fn in (("embed", bench_embed), ("classify", bench_classify), ("text", bench_text), ("coldstart", bench_coldstart),
                      ("memory", bench_memory), ("parity", bench_parity), ("open-set", bench_open_set), ("search", bench_search),
-                     ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve)):
+                     ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve),
+                     ("index", bench_index), ("video", bench_video)):
         add(bench_app, name, fn)
 
 
@@ -222,6 +223,69 @@ def bench_coldstart(runs: int = typer.Option(5, "--runs", callback=at_least(1),
               f"first run (reference vocabulary embedded and cached) {result.first_run_s:.2f} s\n"
               f"later runs: median {result.wall_s_median:.2f} s, best {result.wall_s_min:.2f} s "
               f"over {runs} fresh processes (target ≤ 3 s; {_machine()})", highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_index(n: int = typer.Option(200, "-n", callback=at_least(1), help="How many photos to index."),
+                rounds: int = typer.Option(2, "--rounds", callback=at_least(1), help="Alternating rounds per path."),
+                model: str | None = BenchModelOpt, backend: str | None = BenchBackendOpt,
+                precision: str | None = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """Images/s of `cliplens index` with and without reading each photo's metadata (EXIF dates, camera, GPS).
+
+    The photos are the generated 3000×2000 JPEGs with a camera's EXIF block; each round indexes them into a
+    fresh index both ways, alternating, and each way keeps its best round."""
+    from cliplens.bench.library import index_metadata_benchmark, photos_with_exif
+    from cliplens.bench.machine import cpu_features, describe_cpu
+
+    name, folder, note = _bench_model(model)
+    paths = _photos(None, n)
+    encoder, figures, lines = _timed_encoder(name, folder, model, backend, precision, "rankings")
+    status = err.status("preparing")
+    with status:
+        photos = photos_with_exif(paths)
+        result = index_metadata_benchmark(photos, encoder, rounds=rounds, on_status=status.update)
+    runtime = f"{encoder.info.backend} {encoder.info.precision}"
+    if as_json:
+        emit_json({"model": name, "runtime": runtime, **result.to_dict(), "target_ratio": 0.95,
+                   "cpu": describe_cpu(), "cpu_features": list(cpu_features())})
+        return
+    out.print(f"indexing with metadata     {result.with_metadata_per_s:6.2f} images/s\n"
+              f"indexing without metadata  {result.without_metadata_per_s:6.2f} images/s\n"
+              f"ratio                      {result.ratio:6.3f}  (target ≥ 0.95; {result.images} photos, best of "
+              f"{rounds} rounds, {runtime}, {_machine()})", highlight=False)
+    for line in lines:
+        out.print(line, highlight=False)
+    if note:
+        err.print(note, highlight=False)
+
+
+def bench_video(seconds: int = typer.Option(60, "--seconds", callback=at_least(1), help="Length of the generated 1080p film."),
+                model: str | None = BenchModelOpt, backend: str | None = BenchBackendOpt,
+                precision: str | None = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
+    """How many times real time a 1080p30 H.264 film indexes (frames sampled about once a second and at each
+    cut, one vector per scene); the film is generated once."""
+    from cliplens.bench.library import bench_video as film, video_benchmark
+    from cliplens.bench.machine import cpu_features, describe_cpu
+
+    name, folder, note = _bench_model(model)
+    encoder, figures, lines = _timed_encoder(name, folder, model, backend, precision, "rankings")
+    status = err.status("preparing")
+    with status:
+        path = film(seconds, on_status=status.update)
+        result = video_benchmark(path, encoder, on_status=status.update)
+    runtime = f"{encoder.info.backend} {encoder.info.precision}"
+    if as_json:
+        emit_json({"model": name, "runtime": runtime, **result.to_dict(), "target_realtime": 5.0,
+                   "cpu": describe_cpu(), "cpu_features": list(cpu_features())})
+        return
+    out.print(f"film               {result.seconds_of_video:.0f} s of {result.width}×{result.height} at {result.fps} fps, "
+              f"H.264 {result.bitrate_mbps:.1f} Mbit/s: {result.samples} frames sampled, {result.scenes} scenes\n"
+              f"decode and sample {result.decode_s:6.1f} s  {result.decode_realtime:5.1f}× real time\n"
+              f"index (with model) {result.index_s:5.1f} s  {result.index_realtime:5.1f}× real time  "
+              f"(target ≥ 5×; {runtime}, {_machine()})", highlight=False)
+    for line in lines:
+        out.print(line, highlight=False)
     if note:
         err.print(note, highlight=False)
 

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
     add(app, "dedupe", dedupe)
 
 
-def index(folders: List[Path] = typer.Argument(None, help="Folders of images to index (walked recursively)."),
+def index(folders: List[Path] = typer.Argument(None, help="Folders of images, RAW files and videos to index (walked "
+                                                          "recursively)."),
           index: Optional[Path] = IndexOpt,
           exclude: List[str] = typer.Option(None, "--exclude", metavar="GLOB",
                                             help="Glob of paths to leave out (repeatable)."),
@@ -51,7 +52,10 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images to 
           batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
           model: Optional[str] = IndexModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
           precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
-    """Build or update a photo index: only new and changed files are encoded, every batch is saved as it ends."""
+    """Build or update a photo index: only new and changed files are encoded, every batch is saved as it ends.
+
+    Photos (JPEG, PNG, WebP, TIFF, GIF, BMP; HEIC/AVIF with the heif extra), camera RAW files (the raw extra) and
+    videos (the video extra: one vector per scene) are indexed."""
     if engine not in ENGINES:
         raise UsageError("choose local or ray", value=str(engine), parameter="engine")
     if errors:
@@ -135,6 +139,8 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
                                                      help="How near, with --near (default 1 km)."),
            path: Optional[str] = typer.Option(None, "--path", metavar="GLOB",
                                               help='Only files whose path matches GLOB ("*/2019/*").'),
+           kind: Optional[str] = typer.Option(None, "--kind", metavar="KIND",
+                                              help="Only photos, or only videos' scenes: photo or video."),
            index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
            device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
            precision: Optional[str] = PrecisionOpt,
@@ -146,7 +152,7 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     also has a match: the probability that the image shows it (the detector behind classify's "none of
     these")."""
     filters = cliplens.SearchFilter(after, before, camera, cliplens.parse_position(near) if near else None,
-                                    within_km, path)
+                                    within_km, path, kind)
     if query is None and image is None and like is None and not add_terms and not filters.active:
         raise UsageError("give a text query, an example image, a file to find more like, terms to add, or filters",
                          parameter="query")
@@ -163,7 +169,7 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
         err.print("no results" + (f" scoring at least {threshold}" if threshold is not None else ""), highlight=False)
         if min_match is not None:
             miss = result.near_miss
-            closest = (f"; the closest: {cliplens.display_path(miss.path)}, match {miss.match:.2f}" if miss else "")
+            closest = f"; the closest: {miss.shown}, match {miss.match:.2f}" if miss else ""
             err.print(f'no image shows "{result.query}" with a match of at least {min_match:g}{closest}',
                       highlight=False)
     elif result.score_kind != "none":
@@ -174,7 +180,7 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
         match = f"  match {hit.match:4.0%}" if hit.match is not None else ""
         score = f"  {hit.score:.3f}" if result.score_kind != "none" else ""
         taken = f"  {hit.meta.taken[:16].replace('T', ' ')}" if filters.active and hit.meta and hit.meta.taken else ""
-        out.print(f"{rank:3d}{score}{match}{taken}  {cliplens.display_path(hit.path)}", highlight=False)
+        out.print(f"{rank:3d}{score}{match}{taken}  {hit.shown}", highlight=False)
 
 
 def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=above_up_to(0, 1),
@@ -194,7 +200,7 @@ def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE"
     for number, group in enumerate(groups, 1):
         out.print(f"group {number} ({len(group.paths)} files, each pair's similarity ≥ {group.score:.3f})",
                   highlight=False)
-        for path in group.paths:
-            out.print(f"  {cliplens.display_path(path)}", highlight=False)
+        for member in group.shown:
+            out.print(f"  {member}", highlight=False)
     err.print(f"{len(groups)} group(s) of near-duplicates among {count} images (threshold {threshold})",
               highlight=False)

@@ -22,6 +22,7 @@ from ..errors import UsageError
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 EARTH_RADIUS_KM = 6371.0088
 DEFAULT_WITHIN_KM = 1.0
+KINDS = ("photo", "video")
 
 
 def _period(value: str, parameter: str) -> tuple[str, str]:
@@ -73,12 +74,15 @@ class SearchFilter:
     near: tuple[float, float] | None = None
     within_km: float | None = None
     path: str | None = None  # a glob on the file's path ("*/2019/*", "*beach*")
+    kind: str | None = None  # "photo" or "video"
 
     def __post_init__(self):
         if self.after is not None:
             _period(self.after, "after")
         if self.before is not None:
             _period(self.before, "before")
+        if self.kind is not None and self.kind not in KINDS:
+            raise UsageError(f"must be one of {', '.join(KINDS)}", value=self.kind, parameter="kind")
         if self.within_km is not None and self.near is None:
             raise UsageError("a distance needs a place to be near", value=self.within_km, parameter="within_km")
         if self.within_km is not None and not self.within_km > 0:
@@ -90,11 +94,13 @@ class SearchFilter:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.after, self.before, self.camera, self.near, self.path))
+        return any(v is not None for v in (self.after, self.before, self.camera, self.near, self.path, self.kind))
 
     def sql(self) -> tuple[list[str], list]:
         """SQL conditions on the files table (and their parameters) for what SQL can judge."""
         conditions, params = [], []
+        if self.kind is not None:
+            conditions.append("kind = 'video'" if self.kind == "video" else "kind IS NULL")
         if self.after is not None:
             conditions.append("substr(taken, 1, 19) >= ?")
             params.append(_period(self.after, "after")[0])

@@ -5,25 +5,34 @@ A file whose size and mtime match its row is skipped without being read. Otherwi
 stat changed; the hash of a row whose file has gone means a move or rename, and the row follows the
 file; the hash of a row still present means a copy, which reuses that vector. Everything else is
 decoded and encoded, a batch at a time, each batch committed as it finishes.
+
+Videos go the same way, one at a time after the images: hashed as a stream (a film is not read into
+memory), sampled (see :mod:`cliplens.inputs.video`) while the model encodes the samples before, and
+written as one row with its scenes in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from ..errors import ImageLoadError, UsageError
 from ..files import display_path
-from ..inputs.images import expand_paths, load_image
+from ..inputs.images import IMAGE_EXTENSIONS, expand_paths, load_image
 from ..inputs.metadata import PhotoMetadata, read_metadata
-from ..models import Encoder
+from ..inputs.video import VIDEO_EXTENSIONS, VideoDecodeError, VideoSampler, VideoUnavailable, is_video, \
+    read_video_metadata
+from ..models import Encoder, l2_normalize
 from ..models.keys import checkpoint_key
-from ..vectors.batches import default_workers, prefetch_batches
-from .store import IndexStore, NewRow
+from ..vectors.batches import default_workers, prefetch_batches, prefetch_iter
+from .store import IndexStore, NewRow, SceneRow
 from .sync import sync_vector_index
 
 ProgressFn = Callable[[int, int], None]
@@ -67,6 +76,7 @@ class _Seen:
     dims: tuple[int, int] | None = None
     error: ImageLoadError | None = None
     meta: PhotoMetadata | None = None  # read from the header of the bytes hashed: no second read, no decode
+    scenes: list[SceneRow] | None = None  # a video's, once sampled and encoded
 
 
 def _read_hashed(path: str) -> tuple[str, bytes]:
@@ -78,13 +88,16 @@ def _read_hashed(path: str) -> tuple[str, bytes]:
 def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store: IndexStore, *,
                   exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
                   workers: int | None = None, on_progress: ProgressFn | None = None,
-                  encode_batches=None) -> IndexRun:
+                  encode_batches=None, describe: bool = True) -> IndexRun:
     """Bring ``store`` up to date with the images under ``folders``, encoding with ``encoder``.
 
     ``encode_batches(todo, hash_only, known, by_hash)`` replaces the local decode-and-encode loop (the
     Ray engine passes its own): it yields ``(files, vectors)`` batches covering ``todo``, where a file
     whose content is already known (by path and hash, or by hash) gets vector None, a bad one gets its
     ``error`` set, and every other file gets its vector.
+
+    ``describe`` False leaves the photos' metadata unread (``cliplens bench index`` measures what reading it
+    costs); the next run that describes reads it then.
     """
     start = time.perf_counter()
     fingerprint = checkpoint_key(encoder.info.path)
@@ -100,7 +113,8 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
             raise UsageError("not a folder (an index is built from folders of images)", value=display_path(root), parameter="folders")
     store.add_roots(str(root) for root in roots)
     unreadable: list[ImageLoadError] = []
-    paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude, problems=unreadable)]
+    paths = [str(p.resolve()) for p in expand_paths(roots, exclude=exclude, problems=unreadable,
+                                                    extensions=IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)]
     run = IndexRun(display_path(store.folder), encoder.name, files=len(paths), failed=len(unreadable),
                    errors=list(unreadable))
     known = store.rows()
@@ -137,7 +151,7 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         except OSError as exc:
             seen.error = ImageLoadError(seen.path, f"unreadable ({exc.strerror or exc})")
             return seen
-        seen.meta = read_metadata(data, seen.mtime_ns)
+        seen.meta = read_metadata(data, seen.mtime_ns) if describe else None
         row = known.get(seen.path)
         if (row is not None and row.sha256 == seen.sha256) or seen.sha256 in by_hash or not decode:
             return seen  # same content as a known vector: no decode
@@ -151,13 +165,17 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
 
     batch_size = batch_size or encoder.image_batch_size
     workers = workers if workers is not None else default_workers()
+    videos = [seen for seen in todo if is_video(seen.path)]
+    todo = [seen for seen in todo if not is_video(seen.path)]
     if encode_batches is not None:  # another engine decodes and encodes; hashing stays here
         batches = encode_batches(todo, lambda i: look(i, decode=False), known, by_hash)
     else:
         batches = _local_batches(todo, look, encoder, batch_size, workers)
+    known_content = {row.sha256 for row in known.values() if row.sha256 and row.has_vector}
+    batches = itertools.chain(batches, _video_batches(videos, encoder, batch_size, known, known_content))
     described: list = []
     done = run.unchanged
-    total = done + len(todo)  # the files this run looks at (not those that vanished or could not be stat'd)
+    total = done + len(todo) + len(videos)  # the files this run looks at (not those that vanished or could not be stat'd)
     if on_progress is not None:
         on_progress(done, total)
     for batch, vectors in batches:
@@ -180,14 +198,16 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
                     moves.append((source.id, NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256,
                                                     meta=seen.meta)))
                     run.moved += 1
-                else:  # a copy: same vector, no model run
-                    copy = store.vectors([source.id])[1]
+                else:  # a copy: same vector (a video: same scenes), no model run
+                    video = source.kind is not None
                     rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, source.width,
-                                       source.height, vector=copy[0], meta=seen.meta))
+                                       source.height, vector=None if video else store.vectors([source.id])[1][0],
+                                       meta=seen.meta, scenes=store.scenes(source.id) if video else None))
                     run.reused += 1
             else:
-                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, *seen.dims, vector=vector,
-                                   meta=seen.meta))
+                rows.append(NewRow(seen.path, seen.size, seen.mtime_ns, seen.sha256, *seen.dims,
+                                   vector=None if seen.scenes is not None else vector, meta=seen.meta,
+                                   scenes=seen.scenes))
                 run.encoded += 1
         if rows or moves:
             store.write_batch(rows, moves=moves)
@@ -195,8 +215,9 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         if on_progress is not None:
             on_progress(done, total)
     store.touch(touch)
-    store.set_metadata(described)
-    _describe_unread(store, found, roots)
+    if describe:
+        store.set_metadata(described)
+        _describe_unread(store, found, roots)
     if gone:
         store.write_batch([], removals=list(gone))
         run.removed = len(gone)
@@ -217,6 +238,64 @@ def _local_batches(todo: list[_Seen], look, encoder: Encoder, batch_size: int, w
         for seen in batch:
             seen.pixels = None  # free the pixels once encoded
         yield batch, vectors
+
+
+def _video_batches(videos: list[_Seen], encoder: Encoder, batch_size: int, known: dict, known_content: set[str]):
+    """(batch, vectors) pairs of one video each: a video whose content the index holds gets vector None (the
+    caller reuses its scenes), a bad one its ``error``, any other its scenes (and a vector that is not None)."""
+    for seen in videos:
+        try:
+            seen.sha256 = _hash_file(seen.path)
+        except OSError as exc:
+            seen.error = ImageLoadError(seen.path, f"unreadable ({exc.strerror or exc})")
+            yield [seen], [None]
+            continue
+        seen.meta = read_video_metadata(seen.path, seen.mtime_ns)
+        row = known.get(seen.path)
+        if (row is not None and row.sha256 == seen.sha256) or seen.sha256 in known_content:
+            yield [seen], [None]
+            continue
+        try:
+            seen.scenes, seen.dims = _encode_video(seen.path, encoder, batch_size)
+        except VideoUnavailable:
+            seen.error = ImageLoadError(seen.path, "video file needs the video extra: pip install 'cliplens[video]'")
+        except VideoDecodeError as exc:
+            seen.error = ImageLoadError(seen.path, str(exc))
+        yield [seen], [seen.scenes]
+
+
+def _encode_video(path: str, encoder: Encoder, batch_size: int) -> tuple[list[SceneRow], tuple[int, int]]:
+    """A video's scenes, each with the normalised mean of its samples' vectors, and the video's frame size.
+    Samples are decoded in a thread ahead of the model, a batch at a time."""
+    sampler = VideoSampler(path, side=encoder.draft_size or 224)
+
+    def chunks():
+        chunk: list = []
+        for sample in sampler:
+            chunk.append((sample.time, sample.scene, encoder.prepare(sample.image)))
+            if len(chunk) == batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    sums: dict[int, np.ndarray] = {}
+    starts: dict[int, float] = {}
+    for chunk in prefetch_iter(chunks()):
+        vectors = encoder.encode_prepared([pixels for _, _, pixels in chunk])
+        for (time_s, scene, _), vector in zip(chunk, vectors):
+            starts.setdefault(scene, time_s)
+            sums[scene] = sums.get(scene, 0) + vector
+    order = sorted(starts)
+    ends = [starts[n] for n in order[1:]] + [max(sampler.duration, starts[order[-1]])]
+    scenes = [SceneRow(starts[n], end, l2_normalize(sums[n][None])[0]) for n, end in zip(order, ends)]
+    return scenes, (sampler.width, sampler.height)
+
+
+def _hash_file(path: str) -> str:
+    """A file's SHA-256, read as a stream."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _describe_unread(store: IndexStore, found: set[str], roots: Sequence[Path], chunk: int = 500) -> None:

@@ -48,12 +48,31 @@ class SearchHit:
     similarity: float | None = None
     match: float | None = None  # P(the image shows the query's text), for queries of one text
     meta: PhotoMetadata | None = None
+    time: float | None = None  # a video's scene: when it starts, in seconds (the hit is the file and the moment)
+    until: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return "photo" if self.time is None else "video"
+
+    @property
+    def shown(self) -> str:
+        """The file as a person reads it: ``clip.mp4 @ 1:23`` for a video's moment."""
+        return display_path(self.path) + ("" if self.time is None else f" @ {clock(self.time)}")
 
     def to_dict(self) -> dict:
         meta = self.meta or PhotoMetadata()
-        return {"path": display_path(self.path), "id": self.id, "score": self.score, "similarity": self.similarity,
-                "match": self.match, "taken": meta.taken, "taken_source": meta.taken_source, "camera": meta.camera,
-                "lat": meta.lat, "lon": meta.lon}
+        return {"path": display_path(self.path), "id": self.id, "kind": self.kind, "time": self.time,
+                "until": self.until, "score": self.score, "similarity": self.similarity, "match": self.match,
+                "taken": meta.taken, "taken_source": meta.taken_source, "camera": meta.camera, "lat": meta.lat,
+                "lon": meta.lon}
+
+
+def clock(seconds: float) -> str:
+    """Seconds as a video player shows them: ``1:23``, ``1:02:03``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 @dataclass
@@ -79,9 +98,17 @@ class DuplicateGroup:
 
     paths: list[str]
     score: float  # the lowest similarity between any two files of the group
+    times: list[float | None] = field(default_factory=list)  # a video's scene: when it starts (else None)
+
+    @property
+    def shown(self) -> list[str]:
+        """The members as a person reads them (``clip.mp4 @ 1:23`` for a video's scene)."""
+        times = self.times or [None] * len(self.paths)
+        return [display_path(p) + ("" if t is None else f" @ {clock(t)}") for p, t in zip(self.paths, times)]
 
     def to_dict(self) -> dict:
-        return {"paths": [display_path(p) for p in self.paths], "score": self.score}
+        return {"paths": [display_path(p) for p in self.paths], "times": self.times or [None] * len(self.paths),
+                "score": self.score}
 
 
 RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
@@ -194,8 +221,13 @@ class PhotoIndex:
         return os.path.basename(path)
 
     def path_of(self, file_id: int) -> str | None:
-        """The path of the indexed file with this id (as search hits name it), or None."""
+        """The path of the indexed file with this id (as search hits name it; a video's scene: the video), or None."""
         return self.store.paths([file_id]).get(file_id)
+
+    def moment_of(self, file_id: int) -> float | None:
+        """When the video scene with this id starts (seconds), or None for a photo."""
+        found = self.store.moments([file_id]).get(file_id)
+        return None if found is None else found[0]
 
     @property
     def encoder(self) -> Encoder:
@@ -335,7 +367,11 @@ class PhotoIndex:
         if isinstance(like, (int, np.integer)) and not isinstance(like, bool):
             file_id = int(like) if self.path_of(int(like)) is not None else None
         else:
-            file_id = self.store.id_of(Path(like).expanduser().resolve())
+            resolved = Path(like).expanduser().resolve()
+            file_id = self.store.id_of(resolved)
+            if file_id is None and self.store.kind_of(resolved) is not None:
+                raise UsageError("a video holds one vector per scene: give the id of a scene (as search results "
+                                 "give it) instead of the file", value=display_path(like), parameter="like")
         found = self.store.vectors([file_id])[1] if file_id is not None else np.zeros((0, 0))
         if not len(found):
             raise UsageError("not in the index (give a file it holds, as search results name it)",
@@ -377,14 +413,16 @@ class PhotoIndex:
     def _hits(self, scores, ids, similarities, matches) -> list[SearchHit]:
         paths = self.store.paths(ids)
         metadata = self.store.metadata(ids)
+        moments = self.store.moments(ids)
         rows = zip(scores, ids, similarities, matches if matches is not None else [None] * len(ids))
         return [SearchHit(paths[int(i)], float(s), int(i), None if np.isnan(c) else float(c),
-                          None if m is None else float(m), metadata.get(int(i)))
+                          None if m is None else float(m), metadata.get(int(i)), *moments.get(int(i), (None, None)))
                 for s, i, c, m in rows if int(i) in paths]
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicates in which *every* pair of files has similarity ≥ ``threshold`` (complete
-        linkage: a chain of look-alikes is not one group), with the group's true least similarity.
+        linkage: a chain of look-alikes is not one group), with the group's true least similarity. Two scenes of
+        one video are never duplicates of each other (a scene can be one of a photo or of another video's).
 
         Candidates come from each file's ``neighbours`` nearest files; groups are formed within each set of
         linked candidates from their exact pairwise similarities."""
@@ -395,16 +433,21 @@ class PhotoIndex:
             return []
         scores, found = self.vectors.search(vectors, min(neighbours + 1, len(ids)))
         position = {int(i): n for n, i in enumerate(ids)}
+        parents = self.store.parents()
+        video = np.array([parents.get(int(i), -1) for i in ids], np.int64)  # each row's video (-1: a photo)
         links = [(row, position[int(other)]) for row in range(len(ids)) for score, other in zip(scores[row], found[row])
-                 if other >= 0 and int(other) in position and position[int(other)] != row and score >= threshold]
+                 if other >= 0 and int(other) in position and position[int(other)] != row and score >= threshold
+                 and (video[row] < 0 or video[row] != video[position[int(other)]])]
         groups = []
         for component in _components(len(ids), links):
-            for rows in complete_linkage(vectors[component], threshold):
+            for rows in complete_linkage(vectors[component], threshold, apart=video[component]):
                 members = [component[r] for r in rows]
                 sims = vectors[members] @ vectors[members].T
                 lowest = float(sims[np.triu_indices(len(members), 1)].min())
-                paths = self.store.paths(int(ids[m]) for m in members)
-                groups.append(DuplicateGroup(sorted(paths.values()), lowest))
+                member_ids = [int(ids[m]) for m in members]
+                paths, moments = self.store.paths(member_ids), self.store.moments(member_ids)
+                named = sorted((paths[i], moments.get(i, (None,))[0]) for i in member_ids)
+                groups.append(DuplicateGroup([p for p, _ in named], lowest, [t for _, t in named]))
         return sorted(groups, key=lambda g: (-len(g.paths), g.paths[0]))
 
     def close(self) -> None:
@@ -429,14 +472,18 @@ def _components(count: int, links: Sequence[tuple[int, int]]) -> list[list[int]]
     return [group for group in members.values() if len(group) > 1]
 
 
-def complete_linkage(vectors: np.ndarray, threshold: float) -> list[list[int]]:
-    """Groups of two or more rows of ``vectors`` in which every pair has cosine ≥ ``threshold``.
+def complete_linkage(vectors: np.ndarray, threshold: float, apart: np.ndarray | None = None) -> list[list[int]]:
+    """Groups of two or more rows of ``vectors`` in which every pair has cosine ≥ ``threshold``; rows with the
+    same non-negative label in ``apart`` are never in one group.
 
     Up to :data:`EXACT_LINKAGE_UP_TO` rows: agglomerative complete linkage (the two groups whose least similar
     pair is the most similar merge first, while it clears the threshold). Past it: greedy cliques (each row in
     turn, by its number of look-alikes, takes those that clear the threshold with every member so far).
     """
     sims = np.asarray(vectors, np.float32) @ np.asarray(vectors, np.float32).T
+    if apart is not None:
+        apart = np.asarray(apart)
+        sims[(apart[:, None] == apart[None, :]) & (apart[:, None] >= 0)] = -2.0  # below any threshold
     n = len(sims)
     if n > EXACT_LINKAGE_UP_TO:
         return _greedy_cliques(sims, threshold)

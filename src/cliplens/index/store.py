@@ -1,6 +1,12 @@
 """What an index knows, in SQLite: one row per file (path, size, mtime, content hash, size in pixels,
 error) with its vector, and the model that made the vectors.
 
+A video's row holds no vector: each of its scenes has a row of its own (``parent``: the video's id;
+``time`` and ``until``: where the scene starts and ends, in seconds), whose path key is made of the
+video's id and cannot name a file (it starts with a NUL byte). A scene row carries its video's
+metadata, so filters and searches treat scenes like photos; the file-level methods (:meth:`rows`,
+moves, removals) deal with the video, and its scenes follow.
+
 SQLite is the source of truth; the FAISS index beside it is derived and can always be rebuilt. The
 database runs in WAL mode, so searches read while an indexing run writes, and every finished batch
 is one transaction: a killed run loses only the batch it was in. Each transaction bumps a
@@ -32,7 +38,7 @@ from ..files import display_path, writable
 from ..inputs.metadata import PhotoMetadata
 
 DB_FILE = "index.sqlite"
-SCHEMA_VERSION = 3  # 1: paths as text; 2: paths as the file system's bytes; 3: photo metadata
+SCHEMA_VERSION = 4  # 1: paths as text; 2: paths as the file system's bytes; 3: photo metadata; 4: videos
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,9 +60,14 @@ CREATE TABLE IF NOT EXISTS files (
     camera_model TEXT,
     lat REAL,
     lon REAL,
-    orientation INTEGER
+    orientation INTEGER,
+    kind TEXT,
+    parent INTEGER,
+    time REAL,
+    until REAL
 );
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
+CREATE INDEX IF NOT EXISTS files_parent ON files (parent);
 CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
@@ -69,8 +80,14 @@ _MIGRATIONS = {
     # the next `cliplens index` run reads the metadata of the rows without it (no re-encoding)
     3: [f"ALTER TABLE files ADD COLUMN {name} {kind}" for name, kind in
         zip(_METADATA, ("TEXT", "TEXT", "TEXT", "TEXT", "REAL", "REAL", "INTEGER"))],
+    4: [*(f"ALTER TABLE files ADD COLUMN {name} {kind}" for name, kind in
+          (("kind", "TEXT"), ("parent", "INTEGER"), ("time", "REAL"), ("until", "REAL"))),
+        "CREATE INDEX IF NOT EXISTS files_parent ON files (parent)"],
 }
-_COLUMNS = "id, path, size, mtime_ns, sha256, width, height, error, vector, gen, indexed_at"
+# what a rebuild keeps of each row (a column the damaged database lacks, from an older schema, is kept empty)
+_COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "width", "height", "error", "vector", "gen", "indexed_at",
+            "kind", "parent", "time", "until")
+VIDEO = "video"  # the kind of a video's row and of its scenes' rows (photos have none)
 
 
 def default_index_dir() -> Path:
@@ -111,7 +128,17 @@ class FileRow:
     width: int | None
     height: int | None
     error: str | None
-    has_vector: bool
+    has_vector: bool  # for a video: whether its scenes are indexed
+    kind: str | None = None
+
+
+@dataclass
+class SceneRow:
+    """One scene of a video: where it starts and ends (seconds) and its vector."""
+
+    time: float
+    until: float
+    vector: np.ndarray
 
 
 @dataclass
@@ -127,6 +154,7 @@ class NewRow:
     error: str | None = None
     vector: np.ndarray | None = None
     meta: PhotoMetadata | None = None
+    scenes: list[SceneRow] | None = None  # a video's scenes (its own row then holds no vector)
 
 
 @dataclass
@@ -335,13 +363,38 @@ class IndexStore:
 
     def rows(self) -> dict[str, FileRow]:
         """Every file the index knows, by path."""
-        found = self.db.query("SELECT id, path, size, mtime_ns, sha256, width, height, error, "
-                              "vector IS NOT NULL FROM files")
-        return {_path(r[1]): FileRow(r[0], _path(r[1]), *r[2:8], bool(r[8])) for r in found}
+        found = self.db.query("SELECT id, path, size, mtime_ns, sha256, width, height, error, vector IS NOT NULL OR "
+                              "(kind = ? AND EXISTS (SELECT 1 FROM files AS s WHERE s.parent = files.id)), kind "
+                              "FROM files WHERE parent IS NULL", (VIDEO,))
+        return {_path(r[1]): FileRow(r[0], _path(r[1]), *r[2:8], bool(r[8]), r[9]) for r in found}
 
     def count(self) -> int:
         """Files with a vector."""
         return self.db.query("SELECT COUNT(*) FROM files WHERE vector IS NOT NULL")[0][0]
+
+    def scenes(self, video_id: int) -> list[SceneRow]:
+        """The scenes of the video with this id, in order."""
+        return [SceneRow(t, u, np.frombuffer(v, np.float32)) for t, u, v in self.db.query(
+            "SELECT time, until, vector FROM files WHERE parent = ? AND vector IS NOT NULL ORDER BY time", (video_id,))]
+
+    def moments(self, ids: Iterable[int]) -> dict[int, tuple[float, float]]:
+        """Of these ids, the scenes of videos: (start, end) in seconds, by id."""
+        return {i: (t, u) for i, t, u in self._by_ids("SELECT id, time, until FROM files WHERE parent IS NOT NULL "
+                                                       "AND id IN ({marks})", ids)}
+
+    def parents(self) -> dict[int, int]:
+        """Every scene's id and its video's id."""
+        return dict(self.db.query("SELECT id, parent FROM files WHERE parent IS NOT NULL"))
+
+    def _by_ids(self, sql: str, ids: Iterable[int]) -> list[tuple]:
+        """The rows of ``sql`` (whose ``{marks}`` stands for the ids' placeholders), a chunk of ids at a time
+        (SQLite limits bound parameters)."""
+        ids = [int(i) for i in ids]
+        rows: list[tuple] = []
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            rows += self.db.query(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        return rows
 
     def errors(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
@@ -351,13 +404,7 @@ class IndexStore:
     def vectors(self, ids: Sequence[int] | None = None, *, since: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, vectors float32 (N, D)) of all vectors, of ``ids``, or of those written after generation ``since``."""
         if ids is not None:
-            ids = [int(i) for i in ids]
-            rows: list = []
-            for start in range(0, len(ids), 900):  # SQLite's limit on bound parameters
-                chunk = ids[start : start + 900]
-                marks = ",".join("?" * len(chunk))
-                rows += self.db.query(f"SELECT id, vector FROM files WHERE id IN ({marks}) AND vector IS NOT NULL",
-                                      chunk)
+            rows = self._by_ids("SELECT id, vector FROM files WHERE id IN ({marks}) AND vector IS NOT NULL", ids)
         elif since is not None:
             rows = self.db.query("SELECT id, vector FROM files WHERE vector IS NOT NULL AND gen > ? ORDER BY id",
                                  (since,))
@@ -375,19 +422,20 @@ class IndexStore:
         return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
     def id_of(self, path: str | os.PathLike) -> int | None:
-        """The id of the indexed file at ``path`` (one with a vector), or None."""
+        """The id of the indexed file at ``path`` (one with a vector: not a video, whose scenes have them), or None."""
         found = self.db.query("SELECT id FROM files WHERE path = ? AND vector IS NOT NULL", (_path_key(path),))
         return found[0][0] if found else None
 
+    def kind_of(self, path: str | os.PathLike) -> str | None:
+        """The kind of the indexed file at ``path`` (None for a photo or a file the index does not hold)."""
+        found = self.db.query("SELECT kind FROM files WHERE path = ?", (_path_key(path),))
+        return found[0][0] if found else None
+
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = [int(i) for i in ids]
-        found: dict[int, str] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            found.update((i, _path(p)) for i, p in self.db.query(f"SELECT id, path FROM files WHERE id IN ({marks})",
-                                                                  chunk))
-        return found
+        """The file of each id (a scene's is its video's)."""
+        return {i: _path(p) for i, p in self._by_ids(
+            "SELECT f.id, coalesce(v.path, f.path) FROM files AS f LEFT JOIN files AS v ON v.id = f.parent "
+            "WHERE f.id IN ({marks})", ids)}
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -423,27 +471,42 @@ class IndexStore:
                 if row.meta is not None:
                     self._set_metadata(row_id, row.meta)
             for row in rows:
-                key = _path_key(row.path)
-                blob = None if row.vector is None else np.ascontiguousarray(row.vector, np.float32).tobytes()
-                old = self.db.query("SELECT id, vector IS NOT NULL FROM files WHERE path = ?", (key,))
-                if old and old[0][1]:
-                    self.db.run("INSERT INTO removed VALUES (?, ?)", (old[0][0], gen))  # its old vector goes
-                self.db.run(
-                    "INSERT INTO files (path, size, mtime_ns, sha256, width, height, error, vector, gen, indexed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                    "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, width = excluded.width, "
-                    "height = excluded.height, error = excluded.error, vector = excluded.vector, gen = excluded.gen, "
-                    "indexed_at = excluded.indexed_at",
-                    (key, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now))
-                meta = row.meta if row.meta is not None else PhotoMetadata()
-                self.db.run(f"UPDATE files SET {', '.join(f'{name} = ?' for name in _METADATA)} WHERE path = ?",
-                            (*_metadata_values(meta), key))
+                self._write_row(row, gen, now)
             self._set_meta("generation", str(gen))
         return gen
 
+    def _write_row(self, row: NewRow, gen: int, now: float) -> None:
+        """Insert a file's row, or replace the row of its path (its old vector, or its old scenes, go)."""
+        key = _path_key(row.path)
+        old = self.db.query("SELECT id, vector IS NOT NULL FROM files WHERE path = ?", (key,))
+        if old:
+            if old[0][1]:
+                self.db.run("INSERT INTO removed VALUES (?, ?)", (old[0][0], gen))  # its old vector goes
+            self._remove_scenes(old[0][0], gen)
+        blob = None if row.vector is None else np.ascontiguousarray(row.vector, np.float32).tobytes()
+        kind = VIDEO if row.scenes is not None else None
+        values = (row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now, kind,
+                  *_metadata_values(row.meta or PhotoMetadata()))
+        names = ("size", "mtime_ns", "sha256", "width", "height", "error", "vector", "gen", "indexed_at", "kind",
+                 *_METADATA)
+        self.db.run(f"INSERT INTO files (path, {', '.join(names)}) VALUES (?{', ?' * len(names)}) ON CONFLICT(path) "
+                    f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}", (key, *values))
+        if row.scenes:
+            video_id = self.db.query("SELECT id FROM files WHERE path = ?", (key,))[0][0]
+            scene_names = ("vector", "gen", "indexed_at", "kind", "parent", "time", "until", *_METADATA)
+            self.db.run_many(
+                f"INSERT INTO files (path, {', '.join(scene_names)}) VALUES (?{', ?' * len(scene_names)})",
+                [(b"\0" + f"{video_id}/{n}".encode(), np.ascontiguousarray(scene.vector, np.float32).tobytes(), gen,
+                  now, VIDEO, video_id, scene.time, scene.until, *values[10:]) for n, scene in enumerate(row.scenes)])
+
+    def _remove_scenes(self, video_id: int, gen: int) -> None:
+        self.db.run("INSERT INTO removed SELECT id, ? FROM files WHERE parent = ?", (gen, video_id))
+        self.db.run("DELETE FROM files WHERE parent = ?", (video_id,))
+
     def _set_metadata(self, row_id: int, meta: PhotoMetadata) -> None:
-        self.db.run(f"UPDATE files SET {', '.join(f'{name} = ?' for name in _METADATA)} WHERE id = ?",
-                    (*_metadata_values(meta), row_id))
+        """A row's metadata (a video's scenes get it too)."""
+        self.db.run(f"UPDATE files SET {', '.join(f'{name} = ?' for name in _METADATA)} WHERE id = ? OR parent = ?",
+                    (*_metadata_values(meta), row_id, row_id))
 
     def set_metadata(self, rows: Sequence[tuple[int, PhotoMetadata]]) -> None:
         """The metadata of known rows (read again, or for the first time after an upgrade), in one transaction."""
@@ -455,27 +518,21 @@ class IndexStore:
     def undescribed(self) -> list[tuple[int, str, int | None]]:
         """(id, path, mtime_ns) of the indexed files whose metadata was never read (rows from before schema 3)."""
         return [(i, _path(p), m) for i, p, m in self.db.query(
-            "SELECT id, path, mtime_ns FROM files WHERE vector IS NOT NULL AND taken_source IS NULL "
+            "SELECT id, path, mtime_ns FROM files WHERE vector IS NOT NULL AND parent IS NULL AND taken_source IS NULL "
             "AND taken IS NULL")]
 
     def metadata(self, ids: Iterable[int]) -> dict[int, PhotoMetadata]:
         """The metadata of these rows, by id."""
-        ids = [int(i) for i in ids]
-        found: dict[int, PhotoMetadata] = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(f"SELECT id, {', '.join(_METADATA)} FROM files WHERE id IN ({marks})", chunk):
-                found[row[0]] = PhotoMetadata(*row[1:])
-        return found
+        return {row[0]: PhotoMetadata(*row[1:]) for row in self._by_ids(
+            f"SELECT id, {', '.join(_METADATA)} FROM files WHERE id IN ({{marks}})", ids)}
 
     def filtered_ids(self, conditions: Sequence[str], params: Sequence) -> list[tuple]:
         """(id, path, taken, lat, lon) of the files with a vector that meet every SQL condition (on the metadata
         columns), newest first."""
         where = " AND ".join(["vector IS NOT NULL", *conditions])
         return [(r[0], _path(r[1]), *r[2:]) for r in self.db.query(
-            f"SELECT id, path, taken, lat, lon FROM files WHERE {where} ORDER BY substr(taken, 1, 19) DESC, id",
-            params)]
+            "SELECT id, coalesce((SELECT v.path FROM files AS v WHERE v.id = files.parent), path), taken, lat, lon "
+            f"FROM files WHERE {where} ORDER BY substr(taken, 1, 19) DESC, time, id", params)]
 
     def touch(self, updates: Sequence[tuple[int, int, int]]) -> None:
         """New (size, mtime) for rows whose content did not change: (id, size, mtime_ns)."""
@@ -489,6 +546,7 @@ class IndexStore:
         if found:
             self.db.run("INSERT INTO removed VALUES (?, ?)", (found[0][0], gen))
             self.db.run("DELETE FROM files WHERE id = ?", (found[0][0],))
+            self._remove_scenes(found[0][0], gen)
 
     def reset(self) -> None:
         """Forget every file and the model (for ``--reindex`` with another model)."""
@@ -531,8 +589,9 @@ class IndexStore:
                 if rows:
                     for key in ("model", "model_fingerprint", "dim"):
                         store._set_meta(key, meta[key])
-                store.db.run_many(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
-                                  [(r[0], _path_key(_path(r[1])), *r[2:9], 1, r[10]) for r in rows])
+                store.db.run_many(f"INSERT OR IGNORE INTO files ({', '.join(_COLUMNS)}) "
+                                  f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                                  [(r[0], _path_key(_path(r[1])), *r[2:9], 1, *r[10:]) for r in rows])
                 store._set_meta("generation", "1")
         finally:
             store.close()
@@ -553,7 +612,9 @@ def _bound_rows(meta: dict[str, str], rows: list[tuple]) -> list[tuple]:
         dim = 0
     if dim <= 0 or not meta.get("model") or not meta.get("model_fingerprint"):
         return []
-    return [r for r in rows if r[8] is None or len(r[8]) == 4 * dim]
+    kept = [r for r in rows if r[8] is None or len(r[8]) == 4 * dim]
+    videos = {r[0] for r in kept if r[11] == VIDEO and r[12] is None}
+    return [r for r in kept if r[12] is None or r[12] in videos]  # a scene whose video was lost goes with it
 
 
 def _salvage(path: Path) -> tuple[dict[str, str], list[tuple], int]:
@@ -580,9 +641,14 @@ def _salvage(path: Path) -> tuple[dict[str, str], list[tuple], int]:
                 ids = list(range(1, high + 1))
             except sqlite3.DatabaseError:
                 pass
+        try:  # an older schema's table lacks the newer columns: they are kept empty
+            present = {r[1] for r in db.execute("PRAGMA table_info(files)").fetchall()}
+        except sqlite3.DatabaseError:
+            present = set(_COLUMNS[:11])
+        columns = ", ".join(c if c in present else "NULL" for c in _COLUMNS)
         for i in ids:
             try:
-                found = db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (i,)).fetchone()
+                found = db.execute(f"SELECT {columns} FROM files WHERE id = ?", (i,)).fetchone()
             except sqlite3.DatabaseError:
                 lost += 1
                 continue

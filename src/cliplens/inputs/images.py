@@ -304,10 +304,11 @@ def image_size(source: ImageSource) -> tuple[int, int]:
 
 
 def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude: Iterable[str] = (),
-                 problems: list[ImageLoadError] | None = None) -> list[Path]:
+                 problems: list[ImageLoadError] | None = None,
+                 extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Turn files, folders and glob patterns into a sorted list of image paths.
 
-    Folders contribute files with an image extension; explicit files are kept whatever their
+    Folders contribute files with one of ``extensions`` (an image's, by default); explicit files are kept whatever their
     extension so that a bad one is reported rather than silently dropped. A folder that cannot be read
     is added to ``problems`` as an :class:`ImageLoadError` (whose ``path`` is the folder), like a bad
     file, or raised when no ``problems`` list is given.
@@ -328,7 +329,7 @@ def expand_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
         path = Path(text)
         if path.is_dir():
             for child in _walk(path, recursive, unreadable):
-                if child.suffix.lower() in IMAGE_EXTENSIONS and keep(child):
+                if child.suffix.lower() in extensions and keep(child):
                     found[child] = None
         elif path.exists():
             if keep(path):

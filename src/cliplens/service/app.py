@@ -139,7 +139,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                           image_fields=("image",), max_images=1)
         upload = uploads["image"][0] if uploads["image"] else None
         filters = SearchFilter(params.after, params.before, params.camera,
-                               parse_position(params.near) if params.near else None, params.within_km)
+                               parse_position(params.near) if params.near else None, params.within_km,
+                               kind=params.kind)
         return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters,
                                      params.like)
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .. import (Captioner, Classifier, CliplensError, Encoder, ImageLoadError, PhotoIndex, SearchFilter,
-                builtin_bank_names, display_path, load_image, rank_vectors, resolve_templates, template_set_names)
+                builtin_bank_names, display_path, load_image, load_video_frame, rank_vectors, resolve_templates, template_set_names)
 from .batching import EncoderWorker
 from .config import ServiceConfig
 from .errors import ApiError, from_library
@@ -210,8 +210,12 @@ class Engine:
         path = photos.path_of(file_id)
         if path is None:
             raise ApiError(404, "not_found", f"no file with id {file_id} in the index")
+        moment = photos.moment_of(file_id)
         try:
-            image = load_image(path, draft_size=THUMBNAIL_SIDE, pixel_limit=self.config.max_pixels)
+            if moment is None:
+                image = load_image(path, draft_size=THUMBNAIL_SIDE, pixel_limit=self.config.max_pixels)
+            else:  # a video's scene: the frame it starts with
+                image = load_video_frame(path, moment, side=THUMBNAIL_SIDE)
         except ImageLoadError as exc:
             raise ApiError(404, "not_found", f"file {file_id} cannot be shown: {exc.reason}") from None
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BICUBIC)

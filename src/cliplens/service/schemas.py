@@ -7,7 +7,7 @@ Every image-taking endpoint reads either ``multipart/form-data`` (image files in
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -88,6 +88,7 @@ class SearchParams(_Strict):
     near: Optional[Text] = Field(None, description='Only photos taken near this place: "LAT,LON" in decimal '
                                                    "degrees.")
     within_km: Optional[float] = Field(None, gt=0, le=20037, description="How near, with near (default 1 km).")
+    kind: Optional[Literal["photo", "video"]] = Field(None, description="Only photos, or only videos' scenes.")
     like: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="More like this indexed file: its id (as "
                                                                        "results give it); the file itself is left out.")
 
@@ -170,7 +171,10 @@ class EmbeddingsOut(BaseModel):
 
 class SearchHitOut(BaseModel):
     path: str
-    id: int = Field(description="The file's id in the index.")
+    id: int = Field(description="The file's id in the index (a video's scene has its own).")
+    kind: str = Field("photo", description="photo, or video: the hit is then the file and the moment (time).")
+    time: Optional[float] = Field(None, description="A video's scene: when it starts, in seconds.")
+    until: Optional[float] = Field(None, description="A video's scene: when it ends, in seconds.")
     score: float = Field(description="What the results are ranked by (see score_kind).")
     similarity: Optional[float] = Field(None, description="The file's cosine with the query (null for filters "
                                                           "alone).")
@@ -183,7 +187,7 @@ class SearchHitOut(BaseModel):
     camera: Optional[str] = Field(None, description="The camera's make and model.")
     lat: Optional[float] = Field(None, description="Where it was taken (GPS), when known.")
     lon: Optional[float] = None
-    thumbnail: str = Field(description="URL of the file's thumbnail on this service.")
+    thumbnail: str = Field(description="URL of the file's thumbnail on this service (a video's: the frame at time).")
 
 
 class SearchOut(BaseModel):

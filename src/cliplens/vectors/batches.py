@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from queue import Full, Queue
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -53,6 +55,43 @@ def prefetch_batches(count: int, job: Callable[[int], T], batch_size: int, worke
                 yield [f.result() for f in pending.pop(0)]
         for futures in pending:
             yield [f.result() for f in futures]
+
+
+def prefetch_iter(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` produced in a background thread, up to ``depth`` ahead of the consumer (a video decodes while
+    the model encodes its last samples); an error raised producing them is raised to the consumer."""
+    queue: Queue = Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            queue.put((end, exc))
+
+    worker = threading.Thread(target=produce, name="cliplens-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:  # the consumer stopped early (an error, an interrupt): let the producer finish
+        stop.set()
+        worker.join(timeout=5)
 
 
 def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_size: int, workers: int

@@ -197,13 +197,20 @@ async function thumbnailURL(path) {
   return URL.createObjectURL(await response.blob());
 }
 
+// a video's moment as a player shows it: 1:23, 1:02:03
+function clock(seconds) {
+  const whole = Math.floor(seconds), h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${m}:${two(s)}`;
+}
+
 async function search(event, like = null) {
   if (event) event.preventDefault();
   const section = $("#tab-search");
   await run(section, $("#search-run"), async () => {
     const query = like == null ? $("#search-query").value.trim() : "";
     const image = $("#search-image");
-    const filters = ["after", "before", "camera", "near", "within"]
+    const filters = ["after", "before", "camera", "near", "within", "kind"]
       .map((name) => [name === "within" ? "within_km" : name, $(`#search-${name}`).value.trim()])
       .filter(([, value]) => value);
     if (like == null && !query && !image.files.length && !filters.length) {
@@ -234,7 +241,7 @@ async function search(event, like = null) {
         target.append(element("p", { class: "match-line muted" }, "Below: probably not what you asked for."));
         lineDrawn = true;
       }
-      const name = hit.path.split(/[\\/]/).pop();
+      const name = hit.path.split(/[\\/]/).pop() + (hit.time != null ? ` @ ${clock(hit.time)}` : "");
       const img = element("img", { alt: name, loading: "lazy" });
       img.src = await thumbnailURL(hit.thumbnail);
       const match = hit.match != null ? element("span", { class: "match" }, `match ${percent(hit.match)}`) : "";
