@@ -121,7 +121,9 @@ def test_each_filter_and_their_combinations_return_exactly_the_right_files(libra
         photos.close()
 
 
-def test_filters_narrow_the_search_before_it_runs(library):
+@pytest.mark.parametrize("exact_up_to", [20_000, 0])  # from the store's vectors, and in the vector index
+def test_filters_narrow_the_search_before_it_runs(library, exact_up_to, monkeypatch):
+    monkeypatch.setattr("cliplens.index.photos.EXACT_FILTERED", exact_up_to)
     folder, index = library
     photos = PhotoIndex(index)
     try:
@@ -160,6 +162,7 @@ def test_an_index_from_the_previous_schema_upgrades_in_place_without_re_encoding
         source.backup(copy)
     with sqlite3.connect(old / "index.sqlite") as db:  # what schema 2 held: no metadata columns, no videos
         db.execute("DROP INDEX files_parent")
+        db.execute("DROP INDEX files_taken")
         for column in ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon", "orientation", "kind",
                        "parent", "time", "until"):
             db.execute(f"ALTER TABLE files DROP COLUMN {column}")

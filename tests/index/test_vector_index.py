@@ -15,7 +15,8 @@ import pytest
 
 from cliplens.bench.search import clustered_vectors
 from cliplens.errors import UsageError
-from cliplens.index.vectors import (StaleIndexError, VectorIndex, choose_spec, estimate_bytes)
+from cliplens.index.vectors import (StaleIndexError, VectorIndex, choose_spec, estimate_bytes, exact_top_k,
+                                    recall_at)
 
 DIM = 64
 N = 20_000
@@ -278,3 +279,24 @@ def test_bench_search_json_has_exactly_the_promised_fields():
                            capture_output=True, text=True, env=env, timeout=300)
     assert exact.returncode == 0, exact.stderr
     assert json.loads(exact.stdout)["index"] == "Flat" and json.loads(exact.stdout)["recall_at_10"] == 1.0
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF64,Flat", "IVF64,SQ8", "IVF64,PQ16x4fs,Refine(SQ8)", "HNSW16,SQ8"])
+def test_a_search_among_allowed_ids_finds_their_best_whatever_their_share(spec):
+    """A filter that keeps 1% of the collection: every kind finds the allowed rows' own nearest (not the few
+    allowed rows that happen to lie in the probed lists), never a row outside the set or a removed one."""
+    rng = np.random.default_rng(0)
+    vectors = clustered_vectors(20_000, 64, seed=3)
+    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 5  # ids that are not positions
+    queries = clustered_vectors(20, 64, seed=4)
+    allowed = np.sort(rng.choice(ids, 200, replace=False))
+    index = VectorIndex.create(spec, 64).build(vectors, ids)
+    index.remove(allowed[:5])
+    live = allowed[5:]
+    _, truth = exact_top_k(vectors[(live - 5) // 3], queries, 10)
+    scores, found = index.search(queries, 10, allowed=allowed)
+    assert np.isin(found, live).all() and np.isfinite(scores).all()
+    assert recall_at(found, live[truth]) >= 0.95
+    unfiltered = index.search(queries, 10)[1]
+    assert np.isin(unfiltered, live).mean() < 0.2  # the plain top 10 holds few of them: filtering after would fail
+    assert index.search(queries, 10, allowed=np.zeros(0, np.int64))[1].max() == -1

@@ -45,6 +45,7 @@ class SearchBench:
     build_s: float
     params: dict = field(default_factory=dict)
     tuned_recall: float | None = None
+    filtered: dict | None = None  # with a filter fraction: see :func:`filtered_search`
 
     @property
     def ratio(self) -> float:
@@ -108,9 +109,12 @@ def single_query_seconds(search: Callable[[np.ndarray], object], queries: np.nda
 
 
 def search_benchmark(n: int, dim: int, *, queries: int = 200, memory_budget_mb: float | None = None,
-                     exact_below: int = EXACT_BELOW, seed: int = 0, on_status: StatusFn | None = None) -> SearchBench:
+                     exact_below: int = EXACT_BELOW, seed: int = 0, filter_fraction: float | None = None,
+                     on_status: StatusFn | None = None) -> SearchBench:
     """Build the index cliplens chooses for ``n`` vectors of ``dim`` and time single queries against it and
-    against numpy brute force; recall@10 is against exact search, on queries not in the index."""
+    against numpy brute force; recall@10 is against exact search, on queries not in the index. With
+    ``filter_fraction``, also time searches restricted to that share of the collection
+    (:func:`filtered_search`)."""
     status = on_status or (lambda message: None)
     spec = choose_spec(n, dim, memory_budget_mb=memory_budget_mb, exact_below=exact_below)
     status(f"generating {n:,} + {queries} clustered vectors of {dim} dimensions")
@@ -132,8 +136,72 @@ def search_benchmark(n: int, dim: int, *, queries: int = 200, memory_budget_mb: 
     status(f"timing {len(brute)} single queries by numpy brute force")
     brute_seconds = single_query_seconds(lambda q: bruteforce_top_k(vectors, q), brute)
 
+    filtered = None
+    if filter_fraction is not None:
+        filtered = filtered_search(index, vectors, ids, held_out, filter_fraction, seed=seed, on_status=status)
     return SearchBench(vectors=n, dim=dim, index=spec, p50_ms=float(np.median(seconds) * 1000),
                        p99_ms=float(np.percentile(seconds, 99) * 1000), recall_at_10=recall_at(found, ids[truth]),
                        memory_mb=index.memory_bytes() / 2**20, qps=float(len(seconds) / seconds.sum()),
                        bruteforce_qps=float(len(brute_seconds) / brute_seconds.sum()), queries=queries,
-                       build_s=build_s, params=dict(index.params), tuned_recall=index.recall)
+                       build_s=build_s, params=dict(index.params), tuned_recall=index.recall, filtered=filtered)
+
+
+def filtered_search(index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, fraction: float, *,
+                    seed: int = 0, on_status: StatusFn | None = None) -> dict:
+    """Single queries restricted to a random ``fraction`` of the collection (a filter's photos are spread over
+    every cluster, the hard case for an IVF), with recall@10 against exact search within that set; and the
+    SQL side of such a filter, a date range that keeps the same fraction of an index's rows, on an index
+    store of as many rows (their vectors left out: a date filter never reads them)."""
+    status = on_status or (lambda message: None)
+    rng = np.random.default_rng(seed + 1)
+    count = max(K, int(round(len(ids) * fraction)))
+    chosen = np.sort(rng.choice(len(ids), count, replace=False))
+    allowed = ids[chosen]
+    status(f"timing {len(queries)} single queries among {count:,} allowed vectors ({fraction:.1%})")
+    seconds = single_query_seconds(lambda q: index.search(q[None, :], K, allowed=allowed), queries)
+    _, found = index.search(queries, K, allowed=allowed)
+    _, truth = exact_top_k(vectors[chosen], queries, K)
+    sql = _date_filter_seconds(len(ids), fraction, status)
+    return {"fraction": fraction, "allowed": count, "p50_ms": float(np.median(seconds) * 1000),
+            "p99_ms": float(np.percentile(seconds, 99) * 1000), "recall_at_10": recall_at(found, allowed[truth]),
+            "sql_p50_ms": float(np.median(sql) * 1000), "sql_rows": len(ids)}
+
+
+def _date_filter_seconds(rows: int, fraction: float, status: StatusFn, repeats: int = 20) -> np.ndarray:
+    """Seconds of each of ``repeats`` date filters (as ``cliplens search --after Y --before Y`` runs them) that
+    keep ``fraction`` of ``rows`` photos dated evenly over the years."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..index.filters import SearchFilter
+    from ..index.store import IndexStore
+
+    folder = Path(tempfile.mkdtemp(prefix="cliplens-bench-filter-"))
+    try:
+        store = IndexStore(folder, create=True)
+        try:
+            status(f"writing {rows:,} rows of photo metadata to an index store")
+            days = max(1, int(round(365 / fraction)))  # one year is `fraction` of the span
+            with store.transaction():
+                store.db.run_many("INSERT INTO files (path, vector, taken, taken_source) VALUES (?, x'00', ?, 'exif')",
+                                  ((f"/photos/{i:07d}.jpg".encode(), _date(i % days)) for i in range(rows)))
+            status("timing date filters")
+            seconds = np.empty(repeats)
+            for r in range(repeats):
+                year = str(2000 + r % max(1, days // 365))
+                wanted = SearchFilter(after=year, before=year)
+                start = time.perf_counter()
+                wanted.select(store)
+                seconds[r] = time.perf_counter() - start
+            return seconds
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _date(day: int) -> str:
+    from datetime import date, timedelta
+
+    return (date(2000, 1, 1) + timedelta(days=day)).isoformat() + "T12:00:00"

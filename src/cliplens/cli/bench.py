@@ -11,6 +11,7 @@ import typer
 import cliplens
 from cliplens.cli.common import (
     ModelOpt,
+    above_up_to,
     add,
     at_least,
     emit_json,
@@ -410,6 +411,10 @@ def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at
                  exact_below: int = typer.Option(100_000, "--exact-below", callback=at_least(0),
                                                  help="Exact search below this many vectors, as cliplens does."),
                  seed: int = typer.Option(0, "--seed", help="Seed of the synthetic vectors."),
+                 filter_fraction: float | None = typer.Option(None, "--filter-fraction", metavar="F",
+                                                              callback=above_up_to(0, 1),
+                                                              help="Also time searches restricted to this share of "
+                                                                   "the collection (a filter), e.g. 0.01."),
                  as_json: bool = JsonOpt) -> None:
     """Photo search: single queries against the vector index cliplens chooses, and against numpy brute force.
 
@@ -420,7 +425,9 @@ def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at
     status = err.status("preparing")
     with status:
         result = search_benchmark(vectors, dim, queries=queries, memory_budget_mb=memory_budget_mb,
-                                  exact_below=exact_below, seed=seed, on_status=status.update)
+                                  exact_below=exact_below, seed=seed, filter_fraction=filter_fraction,
+                                  on_status=status.update)
+    filtered = result.filtered
     params = ", ".join(f"{k} {v:g}" for k, v in result.params.items()) or "exact search"
     built = (f"{result.index} ({params}; recall@10 {result.tuned_recall:.3f} when tuned) built in "
              f"{result.build_s:.0f} s; {result.queries} held-out single queries; brute force timed on "
@@ -430,7 +437,9 @@ def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at
                    "p50_ms": round(result.p50_ms, 3), "p99_ms": round(result.p99_ms, 3),
                    "recall_at_10": round(result.recall_at_10, 4), "memory_mb": round(result.memory_mb, 1),
                    "qps": round(result.qps, 1), "bruteforce_qps": round(result.bruteforce_qps, 2),
-                   "ratio": round(result.ratio, 2)})
+                   "ratio": round(result.ratio, 2), "cpu": _machine(),
+                   **({"filtered": {k: round(v, 4) if isinstance(v, float) else v for k, v in filtered.items()}}
+                      if filtered else {})})
         err.print(built, highlight=False)
         return
     out.print(f"{result.index}, {result.vectors:,} × {result.dim}\n"
@@ -439,6 +448,12 @@ def bench_search(vectors: int = typer.Option(1_000_000, "--vectors", callback=at
               f"memory             {result.memory_mb:,.0f} MB\n"
               f"numpy brute force  {result.bruteforce_qps:,.1f} queries/s; ratio {result.ratio:,.1f}×  ({_machine()})",
               highlight=False)
+    if filtered:
+        out.print(f"filtered to {filtered['fraction']:.1%}   p50 {filtered['p50_ms']:.2f} ms, p99 {filtered['p99_ms']:.2f} ms, "
+                  f"recall@10 {filtered['recall_at_10']:.3f} within the {filtered['allowed']:,} allowed "
+                  f"(targets: p50 ≤ 10 ms, recall ≥ 0.95)\n"
+                  f"the date filter  p50 {filtered['sql_p50_ms']:.2f} ms in SQLite over {filtered['sql_rows']:,} rows",
+                  highlight=False)
     err.print(built, highlight=False)
 
 

@@ -102,10 +102,12 @@ class SearchFilter:
         if self.kind is not None:
             conditions.append("kind = 'video'" if self.kind == "video" else "kind IS NULL")
         if self.after is not None:
-            conditions.append("substr(taken, 1, 19) >= ?")
+            # ISO text compares as the time it names: "2019-12-31T23:30:00-05:00" < "2020-01-01T00:00:00" (the
+            # photo's own local time; the offset after it only breaks ties), so the date index serves the range
+            conditions.append("taken >= ?")
             params.append(_period(self.after, "after")[0])
         if self.before is not None:
-            conditions.append("substr(taken, 1, 19) < ?")
+            conditions.append("taken < ?")
             params.append(_period(self.before, "before")[1])
         if self.camera is not None:
             conditions.append("lower(coalesce(camera_make, '') || ' ' || coalesce(camera_model, '')) LIKE ? "
@@ -128,6 +130,19 @@ class SearchFilter:
                         conditions.append("lon BETWEEN ? AND ?")
                         params += [low, high]
         return conditions, params
+
+    @property
+    def judged_by_row(self) -> bool:
+        """Whether some conditions are judged on each row's path or place, after SQL."""
+        return self.near is not None or self.path is not None
+
+    def select(self, store, *, newest_first: bool = False) -> np.ndarray:
+        """The ids of ``store`` (an :class:`~cliplens.index.store.IndexStore`) that pass, newest first if asked."""
+        conditions, params = self.sql()
+        rows = store.filtered_ids(conditions, params, described=self.judged_by_row, newest_first=newest_first)
+        if self.judged_by_row:
+            return self.keep(rows)
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
     def keep(self, rows: list[tuple]) -> np.ndarray:
         """Of (id, path, taken, lat, lon) rows that passed :meth:`sql`, the ids that pass the rest."""

@@ -112,7 +112,7 @@ class DuplicateGroup:
 
 
 RERANK_POOL = 200  # candidates by cosine that re-ranking reorders
-EXACT_FILTERED = 20_000  # filters keeping at most this many photos search them exactly
+EXACT_FILTERED = 2_000  # filters keeping at most this many photos search their float vectors from the store
 EXACT_LINKAGE_UP_TO = 1000  # linked candidates grouped by exact complete linkage; past this, greedy cliques
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
@@ -290,7 +290,8 @@ class PhotoIndex:
         terms += [_term(t, 1, files) for t in add] + [_term(t, -1, files) for t in subtract]
         shown = " ".join(filter(None, [query, str(image) if image else None]))
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
-        allowed = self._allowed(filters)
+        alone = not terms and image_vector is None and like is None  # filters alone list the newest first
+        allowed = self._allowed(filters, newest_first=alone)
         exclude = None
         if like is not None:
             exclude, image_vector = self._like(like, image_vector)
@@ -379,24 +380,19 @@ class PhotoIndex:
         vector = found[0] if image_vector is None else found[0] + np.asarray(image_vector, np.float32).reshape(-1)
         return file_id, vector
 
-    def _allowed(self, filters: SearchFilter | None) -> np.ndarray | None:
-        """The ids that pass ``filters``, newest first, or None without filters."""
+    def _allowed(self, filters: SearchFilter | None, newest_first: bool) -> np.ndarray | None:
+        """The ids that pass ``filters`` (newest first if asked), or None without filters."""
         if filters is None or not filters.active:
             return None
-        conditions, params = filters.sql()
-        return filters.keep(self.store.filtered_ids(conditions, params))
+        return filters.select(self.store, newest_first=newest_first)
 
     def _candidates(self, vector: np.ndarray, pool: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the ``pool`` best matches among ``allowed`` (all when None), best first."""
+        """(scores, ids) of the ``pool`` best matches among ``allowed`` (all when None), best first: a filter's
+        photos are searched among themselves (in the vector index, every stored code checked against them, or
+        for a few, exactly from the store), never by filtering the unfiltered top."""
         if allowed is None or len(allowed) > EXACT_FILTERED:
-            k = min(len(self.vectors), pool if allowed is None else
-                    pool * max(1, -(-2 * len(self.vectors) // len(allowed))))
-            scores, ids = self.vectors.search(vector[None], k)
-            scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
-            if allowed is not None:  # a broad filter: the approximate search, with room for the filter
-                keep = np.isin(ids, allowed)
-                scores, ids = scores[keep][:pool], ids[keep][:pool]
-            return scores, ids
+            scores, ids = self.vectors.search(vector[None], min(len(self.vectors), pool), allowed=allowed)
+            return scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
         ids, vectors = self.store.vectors(allowed)  # a narrow filter: exact search among the photos that pass
         scores = vectors @ np.asarray(vector, np.float32)
         order = np.argsort(-scores, kind="stable")[:pool]

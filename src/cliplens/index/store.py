@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_parent ON files (parent);
+CREATE INDEX IF NOT EXISTS files_taken ON files (taken) WHERE vector IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
@@ -82,7 +83,9 @@ _MIGRATIONS = {
         zip(_METADATA, ("TEXT", "TEXT", "TEXT", "TEXT", "REAL", "REAL", "INTEGER"))],
     4: [*(f"ALTER TABLE files ADD COLUMN {name} {kind}" for name, kind in
           (("kind", "TEXT"), ("parent", "INTEGER"), ("time", "REAL"), ("until", "REAL"))),
-        "CREATE INDEX IF NOT EXISTS files_parent ON files (parent)"],
+        "CREATE INDEX IF NOT EXISTS files_parent ON files (parent)",
+        # date filters: a range of this index, which holds the ids, so the rows themselves are not read
+        "CREATE INDEX IF NOT EXISTS files_taken ON files (taken) WHERE vector IS NOT NULL"],
 }
 # what a rebuild keeps of each row (a column the damaged database lacks, from an older schema, is kept empty)
 _COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "width", "height", "error", "vector", "gen", "indexed_at",
@@ -526,13 +529,18 @@ class IndexStore:
         return {row[0]: PhotoMetadata(*row[1:]) for row in self._by_ids(
             f"SELECT id, {', '.join(_METADATA)} FROM files WHERE id IN ({{marks}})", ids)}
 
-    def filtered_ids(self, conditions: Sequence[str], params: Sequence) -> list[tuple]:
-        """(id, path, taken, lat, lon) of the files with a vector that meet every SQL condition (on the metadata
-        columns), newest first."""
+    def filtered_ids(self, conditions: Sequence[str], params: Sequence, *, described: bool = False,
+                     newest_first: bool = False) -> list[tuple]:
+        """The ids (as 1-tuples) of the rows with a vector that meet every SQL condition (on the metadata columns);
+        ``described``: (id, path, taken, lat, lon) tuples, a scene's path its video's; ``newest_first``: in that
+        order. Without either, a date range is answered from the date index alone."""
         where = " AND ".join(["vector IS NOT NULL", *conditions])
+        order = " ORDER BY taken DESC, time, id" if newest_first else ""
+        if not described:
+            return self.db.query(f"SELECT id FROM files WHERE {where}{order}", params)
         return [(r[0], _path(r[1]), *r[2:]) for r in self.db.query(
             "SELECT id, coalesce((SELECT v.path FROM files AS v WHERE v.id = files.parent), path), taken, lat, lon "
-            f"FROM files WHERE {where} ORDER BY substr(taken, 1, 19) DESC, time, id", params)]
+            f"FROM files WHERE {where}{order}", params)]
 
     def touch(self, updates: Sequence[tuple[int, int, int]]) -> None:
         """New (size, mtime) for rows whose content did not change: (id, size, mtime_ns)."""

@@ -26,6 +26,12 @@ IVF2048,PQ128x4fs,Refine(SQ8)   45 s     569     0.96, 1.7 ms as build() tunes i
 So above ``exact_below`` vectors cliplens uses an IVF whose first stage scans 4-bit PQ codes with
 SIMD (fast scan) and whose candidates are re-ranked with 8-bit codes of the whole vector: the
 fastest to build and to search of the kinds that meet the recall target within 1 GB.
+
+A search restricted to some ids (``allowed``: the photos a filter keeps) cannot trust the
+approximate first stage, whose probed lists may hold none of them: it scans the codes of the whole
+vector that every kind keeps (the Refine's 8-bit codes, HNSW's storage, the flat vectors, or every
+IVF list), checking each row against the allowed set before computing its score (a FAISS
+``IDSelector``), so it finds the allowed rows' best matches whatever their share of the collection.
 """
 
 from __future__ import annotations
@@ -463,15 +469,47 @@ class VectorIndex:
             return faiss.SearchParametersHNSW(efSearch=int(self.params.get("efSearch", 64)), sel=selector), None
         return (faiss.SearchParameters(sel=selector) if selector is not None else None), None
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _restricted(self, allowed: np.ndarray):
+        """(index to search, its parameters, whether its labels are internal, objects to keep alive) for a search
+        among ``allowed`` ids only: every stored code scanned, each row checked against the set first."""
+        faiss = _require_faiss()
+        batch = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+        keep: list = [batch]
+        exhaustive = self._refine.refine_index if self._refine is not None else \
+            self._hnsw.storage if self._hnsw is not None else None
+        if self._idmap is not None:  # the codes scanned are under internal labels: translate, drop the dead
+            selector = faiss.IDSelectorTranslated(self._idmap.id_map, batch)
+            keep.append(selector)
+            if len(self._dead):
+                dead = faiss.IDSelectorBatch(self._dead)
+                alive = faiss.IDSelectorNot(dead)
+                selector = faiss.IDSelectorAnd(selector, alive)
+                keep += [dead, alive, selector]
+            target = faiss.downcast_index(exhaustive) if exhaustive is not None else self._inner
+            return target, faiss.SearchParameters(sel=selector), True, keep
+        if self._ivf is not None:  # ids live in the lists: probe them all
+            return self._index, faiss.SearchParametersIVF(nprobe=int(self._ivf.nlist), sel=batch), False, keep
+        return self._index, faiss.SearchParameters(sel=batch), False, keep
+
+    def search(self, queries, k: int, *, allowed=None) -> tuple[np.ndarray, np.ndarray]:
         """(scores (Q, k) float32, ids (Q, k) int64) of the ``k`` best matches of each query, best first;
-        rows with fewer than ``k`` matches end in id -1 with score -inf."""
+        rows with fewer than ``k`` matches end in id -1 with score -inf. ``allowed``: the only ids that may be
+        found (see the module's docstring)."""
         queries = _as_vectors(queries, self._dim, "search: queries")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise UsageError(f"search: k must be a positive integer, got {k!r}")
         k = int(k)
-        if self._index.ntotal == 0 or not len(queries):
+        if self._index.ntotal == 0 or not len(queries) or (allowed is not None and not len(allowed)):
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        if allowed is not None:
+            target, params, internal, keep = self._restricted(np.asarray(allowed, np.int64))
+            with _threads(1 if len(queries) < SINGLE_THREAD_BELOW else None):
+                scores, ids = target.search(queries, k, params=params)
+            if internal:
+                ids = np.where(ids >= 0, self._internal_ids()[np.maximum(ids, 0)], -1)
+            del keep
+            scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32, copy=False)
+            return scores, ids.astype(np.int64, copy=False)
         params, keep = self._search_params()
         with _threads(1 if len(queries) < SINGLE_THREAD_BELOW else None):
             if self._idmap is not None and not self._removable:  # filter internal labels, then translate
