@@ -178,3 +178,47 @@ def test_the_service_shows_a_scene_by_the_frame_it_starts_with(library, demo_mod
         got = frame.getpixel((frame.width // 2, frame.height // 2))
         assert all(abs(a - b) < 40 for a, b in zip(got, expected))
         assert client.post("/v1/search", data={"query": "x", "kind": "film"}).status_code == 422
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_each_video_whole_or_absent(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shots = [RED_CIRCLE, BLUE_SQUARE, GREEN_TRIANGLE, YELLOW_STAR]
+    for i in range(30):
+        # a frame more per video: 30 different files (a copy would reuse its original's scenes)
+        write_video(folder / f"v{i:02d}.mp4", [(shots[(i + n) % 4], 2 + (i / 24 if n == 0 else 0)) for n in range(3)],
+                    size=(160, 120))
+    index = tmp_path / "index"
+    args = [sys.executable, "-m", "cliplens.cli", "index", str(folder), "--index", str(index), "--model", "demo",
+            "--backend", "torch", "--batch-size", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(index / "index.sqlite", timeout=1) as db:
+                if db.execute("SELECT COUNT(*) FROM files WHERE kind = 'video' AND parent IS NULL").fetchone()[0] >= 3:
+                    break
+        except sqlite3.OperationalError:
+            pass  # not made yet
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    def scenes_per_video() -> list[int]:
+        with sqlite3.connect(index / "index.sqlite") as db:
+            return [n for (n,) in db.execute("SELECT (SELECT COUNT(*) FROM files AS s WHERE s.parent = v.id) "
+                                             "FROM files AS v WHERE v.parent IS NULL AND v.kind = 'video'")]
+
+    survived = scenes_per_video()
+    assert 3 <= len(survived) < 30 and set(survived) == {3}  # whole videos only
+    rerun = update_index([folder], index)
+    assert (rerun.encoded, rerun.unchanged, rerun.failed) == (30 - len(survived), len(survived), 0)
+    assert scenes_per_video() == [3] * 30

@@ -263,14 +263,21 @@ def test_a_small_budget_builds_an_index_within_it(data):
 def test_bench_search_json_has_exactly_the_promised_fields():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # see one_thread
     proc = subprocess.run([sys.executable, "-c", "from cliplens.cli import run; run()", "bench", "search",
-                           "--vectors", "3000", "--dim", "32", "--queries", "40", "--exact-below", "1000", "--json"],
+                           "--vectors", "3000", "--dim", "32", "--queries", "40", "--exact-below", "1000",
+                           "--filter-fraction", "0.05", "--json"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout)
+    filtered = figures.pop("filtered")
+    cpu = figures.pop("cpu")
     assert list(figures) == ["vectors", "dim", "index", "p50_ms", "p99_ms", "recall_at_10", "memory_mb", "qps",
                              "bruteforce_qps", "ratio"]
     assert figures["vectors"] == 3000 and figures["dim"] == 32 and figures["index"].startswith("IVF")
     assert isinstance(figures["index"], str) and all(isinstance(figures[k], float) for k in list(figures)[3:])
+    assert "cores" in cpu and list(filtered) == ["fraction", "allowed", "p50_ms", "p99_ms", "recall_at_10",
+                                                 "sql_p50_ms", "sql_rows"]
+    assert filtered["allowed"] == 150 and filtered["recall_at_10"] >= 0.95 and filtered["sql_rows"] == 3000
+    assert 0 < filtered["p50_ms"] <= filtered["p99_ms"] and filtered["sql_p50_ms"] > 0
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] and figures["qps"] > 0 and figures["bruteforce_qps"] > 0
     assert 0.5 <= figures["recall_at_10"] <= 1 and figures["memory_mb"] > 0
     assert figures["ratio"] == pytest.approx(figures["qps"] / figures["bruteforce_qps"], rel=0.02, abs=0.006)
