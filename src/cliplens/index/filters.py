@@ -137,7 +137,8 @@ class SearchFilter:
         return self.near is not None or self.path is not None
 
     def select(self, store, *, newest_first: bool = False) -> np.ndarray:
-        """The ids of ``store`` (an :class:`~cliplens.index.store.IndexStore`) that pass, newest first if asked."""
+        """The ids of ``store`` (an :class:`~cliplens.index.store.IndexStore`) that pass, newest first if asked
+        (then only rows with a vector; else possibly rows without one, which a vector search drops)."""
         conditions, params = self.sql()
         rows = store.filtered_ids(conditions, params, described=self.judged_by_row, newest_first=newest_first)
         if self.judged_by_row:

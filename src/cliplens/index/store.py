@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_parent ON files (parent);
-CREATE INDEX IF NOT EXISTS files_taken ON files (taken) WHERE vector IS NOT NULL;
+CREATE INDEX IF NOT EXISTS files_taken ON files (taken);
 CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
 CREATE TABLE IF NOT EXISTS removed (id INTEGER NOT NULL, gen INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed (gen);
@@ -85,7 +85,7 @@ _MIGRATIONS = {
           (("kind", "TEXT"), ("parent", "INTEGER"), ("time", "REAL"), ("until", "REAL"))),
         "CREATE INDEX IF NOT EXISTS files_parent ON files (parent)",
         # date filters: a range of this index, which holds the ids, so the rows themselves are not read
-        "CREATE INDEX IF NOT EXISTS files_taken ON files (taken) WHERE vector IS NOT NULL"],
+        "CREATE INDEX IF NOT EXISTS files_taken ON files (taken)"],
 }
 # what a rebuild keeps of each row (a column the damaged database lacks, from an older schema, is kept empty)
 _COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "width", "height", "error", "vector", "gen", "indexed_at",
@@ -531,10 +531,12 @@ class IndexStore:
 
     def filtered_ids(self, conditions: Sequence[str], params: Sequence, *, described: bool = False,
                      newest_first: bool = False) -> list[tuple]:
-        """The ids (as 1-tuples) of the rows with a vector that meet every SQL condition (on the metadata columns);
+        """The ids (as 1-tuples) of the rows that meet every SQL condition (on the metadata columns);
         ``described``: (id, path, taken, lat, lon) tuples, a scene's path its video's; ``newest_first``: in that
-        order. Without either, a date range is answered from the date index alone."""
-        where = " AND ".join(["vector IS NOT NULL", *conditions])
+        order. With either, only rows with a vector; without, the ids may include rows without one (a video's
+        own row, a bad file), which a vector search drops, so that a date range is answered from the date
+        index alone (a covering index: the rows are not read)."""
+        where = " AND ".join(["vector IS NOT NULL"] * (described or newest_first) + list(conditions)) or "1"
         order = " ORDER BY taken DESC, time, id" if newest_first else ""
         if not described:
             return self.db.query(f"SELECT id FROM files WHERE {where}{order}", params)
