@@ -229,7 +229,7 @@ def bench_coldstart(runs: int = typer.Option(5, "--runs", callback=at_least(1),
 
 
 def bench_index(n: int = typer.Option(200, "-n", callback=at_least(1), help="How many photos to index."),
-                rounds: int = typer.Option(2, "--rounds", callback=at_least(1), help="Alternating rounds per path."),
+                rounds: int = typer.Option(4, "--rounds", callback=at_least(1), help="Alternating rounds per path."),
                 model: str | None = BenchModelOpt, backend: str | None = BenchBackendOpt,
                 precision: str | None = BenchPrecisionOpt, as_json: bool = JsonOpt) -> None:
     """Images/s of `cliplens index` with and without reading each photo's metadata (EXIF dates, camera, GPS).
