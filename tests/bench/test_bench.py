@@ -148,3 +148,37 @@ def test_bench_parity_json_on_the_demo_model():
     assert all(r["reference"] == "torch fp32" and r["source"] == "bench parity" for r in runtimes.values())
     int8 = runtimes["onnx int8"]
     assert int8["probabilities"] == (int8["max_probability_delta"] <= 0.01 and int8["top1_agreement"] >= 0.995)
+
+
+def test_bench_index_times_indexing_with_and_without_metadata(tiny_clip_dir):
+    proc = _bench("index", "--model", str(tiny_clip_dir), "--backend", "torch", "-n", "3", "--rounds", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert list(figures) == ["model", "runtime", "images", "with_metadata_per_s", "without_metadata_per_s", "rounds",
+                             "ratio", "target_ratio", "cpu", "cpu_features"]
+    assert figures["images"] == 3 and figures["rounds"] == 2 and figures["runtime"] == "torch fp32"
+    assert figures["ratio"] == pytest.approx(figures["with_metadata_per_s"] / figures["without_metadata_per_s"],
+                                             abs=0.001)
+
+
+def test_the_bench_photos_carry_a_cameras_exif_and_the_same_pixels(tmp_path):
+    from cliplens.bench.library import photos_with_exif
+    from cliplens.inputs.metadata import read_metadata
+
+    source = tmp_path / "p.jpg"
+    photo(0, (64, 48)).save(source, quality=90)
+    copy = next(photos_with_exif([source]).glob("*.jpg"))
+    meta = read_metadata(copy.read_bytes(), 0)
+    assert meta.taken_source == "exif" and meta.camera == "Canon EOS R6" and meta.lat is not None
+    assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(source)))
+
+
+def test_bench_video_indexes_a_generated_1080p_film(tiny_clip_dir):
+    pytest.importorskip("av")
+    proc = _bench("video", "--model", str(tiny_clip_dir), "--backend", "torch", "--seconds", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert (figures["width"], figures["height"], figures["fps"]) == (1920, 1080, 30)
+    assert figures["seconds_of_video"] == pytest.approx(2.0, abs=0.1) and figures["scenes"] >= 1
+    assert figures["samples"] >= 2 and figures["bitrate_mbps"] > 0
+    assert figures["index_realtime"] == pytest.approx(figures["seconds_of_video"] / figures["index_s"], rel=0.01)

@@ -147,19 +147,20 @@ def bench_video(seconds: int = 60, on_status: StatusFn | None = None) -> Path:
             stream = container.add_stream("libx264", rate=VIDEO_FPS, options={"preset": "veryfast", "crf": "21"})
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.time_base = Fraction(1, VIDEO_FPS)
-            frame_no = 0
-            for shot in range(shots):
-                status(f"generating the 1080p test film (once): shot {shot + 1} of {shots}")
-                scene = np.asarray(photo(1000 + shot, (width + 480, height + 270)))
-                for f in range(SHOT_SECONDS * VIDEO_FPS):
-                    x, y = (f * 4) % 480, (f * 2) % 270  # a slow pan
-                    pixels = scene[y : y + height, x : x + width]
-                    grain = rng.integers(-3, 4, (height // 4, width // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)
-                    frame = av.VideoFrame.from_ndarray(np.clip(pixels + grain, 0, 255).astype(np.uint8), format="rgb24")
-                    frame.pts = frame_no
-                    frame_no += 1
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
+            per_shot = SHOT_SECONDS * VIDEO_FPS
+            scene = None
+            for frame_no in range(seconds * VIDEO_FPS):
+                shot, f = divmod(frame_no, per_shot)
+                if f == 0:
+                    status(f"generating the 1080p test film (once): shot {shot + 1} of {shots}")
+                    scene = np.asarray(photo(1000 + shot, (width + 480, height + 270)))
+                x, y = (f * 4) % 480, (f * 2) % 270  # a pan
+                pixels = scene[y : y + height, x : x + width]
+                grain = rng.integers(-3, 4, (height // 4, width // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)
+                frame = av.VideoFrame.from_ndarray(np.clip(pixels + grain, 0, 255).astype(np.uint8), format="rgb24")
+                frame.pts = frame_no
+                for packet in stream.encode(frame):
+                    container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
     return path
