@@ -21,6 +21,7 @@ from .files import atomic_write, check_output_file, check_output_folder, display
 from .inputs.demo_data import DEMO_LABELS, write_demo_data
 from .inputs.images import expand_paths, load_image
 from .inputs.pairs import Pair, read_pairs
+from .inputs.ocr import TextRegion, cover_image_text, read_text
 from .inputs.video import load_video_frame
 from .inputs.wordlists import imagenet_classes, read_labels_file
 from .models import (DEFAULT_MODEL, Encoder, ImagePreprocessor, ModelInfo, TextTruncatedWarning, list_models,
@@ -79,7 +80,7 @@ __all__ = [
     "resolve_templates", "template_set_names",
     # inputs and files
     "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "load_video_frame", "read_labels_file",
-    "read_pairs",
+    "read_pairs", "TextRegion", "cover_image_text", "read_text",
     "write_demo_data", "atomic_write", "check_output_file", "check_output_folder", "display_path",
     # training
     "TrainConfig", "TrainResult", "train_model",

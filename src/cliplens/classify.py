@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ImageLoadError, UsageError
-from .inputs.images import ImageSource, source_name
+from .inputs.images import ImageSource, load_image, source_name
+from .inputs.ocr import TextRegion, text_cover
 from .inputs.wordlists import imagenet_classes
 from .models import Encoder, as_encoder
 from .scores.calibration import Calibration, FitDetector, resolve_calibration
@@ -61,6 +62,7 @@ class Classification:
     looks_like: str | None = None
     no_label_fits: float | None = None
     out_of_distribution: float | None = None
+    text_covered: list[TextRegion] | None = None  # with ignore_text: the text regions covered before encoding
 
     @property
     def top(self) -> LabelScore:
@@ -82,6 +84,9 @@ class Classification:
                 "out_of_distribution": self.out_of_distribution, "looks_like": self.looks_like}
         if self.prediction_set is not None:
             data["prediction_set"] = list(self.prediction_set)
+        if self.text_covered is not None:
+            data["text_covered"] = len(self.text_covered)
+            data["text_found"] = [r.text for r in self.text_covered]
         return data
 
 
@@ -97,13 +102,16 @@ class Classifier:
     then rescales the probabilities, and ``coverage``, e.g. 0.9, adds conformal prediction sets);
     ``None`` uses the calibration shipped beside the model, if any, for "none of these" only, so the
     probabilities stay the model's own (as transformers' pipeline gives them); ``False`` uses none.
+    ``ignore_text`` covers the text an OCR engine finds in each image before it is encoded (the ``ocr``
+    extra), the defence against typographic attacks; results then say what was covered.
     """
 
     def __init__(self, labels: Sequence[str], model: Encoder | str | None = None, *,
                  template: str | None = DEFAULT_TEMPLATE, templates: str | Sequence[str] | None = None,
                  multi_label: bool = False, calibration: Calibration | str | os.PathLike | bool | None = None,
-                 coverage: float | None = None, device: str | None = None):
+                 coverage: float | None = None, device: str | None = None, ignore_text: bool = False):
         self.labels = clean_labels(labels)
+        self.text_cover = text_cover() if ignore_text else None
         self.templates = resolve_templates(templates, template)
         self.encoder = as_encoder(model, device)
         self.calibration = resolve_calibration(calibration, self.encoder)
@@ -174,7 +182,17 @@ class Classifier:
 
     def classify(self, image: ImageSource) -> Classification:
         """Classify one image (path, bytes or PIL image); a bad image raises :class:`ImageLoadError`."""
-        return self.score_vectors(self.encoder.encode_images([image]), [source_name(image)])[0]
+        source = image
+        if self.text_cover is not None:
+            image = self.text_cover(source, load_image(image, draft_size=self.encoder.draft_size))
+        return self._with_text(self.score_vectors(self.encoder.encode_images([image]), [source_name(source)]),
+                               [source])[0]
+
+    def _with_text(self, results: list[Classification], sources: Sequence[ImageSource]) -> list[Classification]:
+        """With ``ignore_text``: each result with the text regions covered in its image."""
+        if self.text_cover is None:
+            return results
+        return [replace(r, text_covered=self.text_cover.covered(s)) for r, s in zip(results, sources)]
 
     def classify_many(self, images: Sequence[ImageSource], *, batch_size: int | None = None, workers: int | None = None,
                       on_progress: Callable[[int, int], None] | None = None
@@ -182,10 +200,11 @@ class Classifier:
         """Classify images in input order, yielding a result or the :class:`ImageLoadError` of each."""
         images = list(images)
         for batch in iter_encoded_batches(images, self.encoder, batch_size=batch_size, workers=workers,
-                                          on_progress=on_progress):
+                                          on_progress=on_progress, transform=self.text_cover):
             ok = [(i, vector) for i, vector in batch if not isinstance(vector, ImageLoadError)]
-            scored = iter(self.score_vectors(np.stack([v for _, v in ok]), [source_name(images[i]) for i, _ in ok])
-                          if ok else [])
+            scored = iter(self._with_text(self.score_vectors(np.stack([v for _, v in ok]),
+                                                             [source_name(images[i]) for i, _ in ok]),
+                                          [images[i] for i, _ in ok]) if ok else [])
             for _, vector in batch:
                 yield vector if isinstance(vector, ImageLoadError) else next(scored)
 
@@ -193,11 +212,11 @@ class Classifier:
 def classify(image: ImageSource, labels: Sequence[str], model: Encoder | str | None = None, *,
              template: str | None = DEFAULT_TEMPLATE, templates: str | Sequence[str] | None = None,
              multi_label: bool = False, calibration: Calibration | str | os.PathLike | bool | None = None,
-             coverage: float | None = None, device: str | None = None) -> Classification:
+             coverage: float | None = None, device: str | None = None, ignore_text: bool = False) -> Classification:
     """Score one image against candidate labels; labels come back sorted by probability.
 
     See :class:`Classifier` for the options; use it directly to classify many images with one label set.
     """
     classifier = Classifier(labels, model, template=template, templates=templates, multi_label=multi_label,
-                            calibration=calibration, coverage=coverage, device=device)
+                            calibration=calibration, coverage=coverage, device=device, ignore_text=ignore_text)
     return classifier.classify(image)

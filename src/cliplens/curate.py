@@ -22,6 +22,7 @@ import numpy as np
 from .errors import ImageLoadError, UsageError
 from .files import atomic_path, display_path
 from .inputs.images import ImageSource
+from .inputs.ocr import text_cover
 from .inputs.pairs import Pair
 from .models import Encoder, as_encoder
 from .text.reference import reference_best, reranking_vocabulary
@@ -40,6 +41,7 @@ class Scored:
     score: float
     similarity: float = 0.0
     index: int = 0
+    text_covered: list[str] | None = None  # with ignore_text: the texts covered before encoding
 
 
 @dataclass
@@ -59,7 +61,10 @@ class Ranking:
         """The JSON form (``--json`` and the HTTP API)."""
         return {"prompt": self.prompt, "score_kind": self.score_kind,
                 "results": [{"path": display_path(r.path), "index": r.index, "score": r.score,
-                             "similarity": r.similarity} for r in self.results]}
+                             "similarity": r.similarity}
+                            | ({} if r.text_covered is None else {"text_covered": len(r.text_covered),
+                                                                  "text_found": r.text_covered})
+                            for r in self.results]}
 
 
 def _check_ranking(prompt: str, top: int | None) -> None:
@@ -72,22 +77,28 @@ def _check_ranking(prompt: str, top: int | None) -> None:
 def rank_images(prompt: str, images: Iterable[ImageSource], model: Encoder | str | None = None, *,
                 negative: Sequence[str] = (), top: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, on_progress: ProgressFn | None = None,
-                rerank: bool | None = None) -> Ranking:
+                rerank: bool | None = None, ignore_text: bool = False) -> Ranking:
     """Order ``images`` by how well they match ``prompt``, best first (see :class:`Ranking` for the scores).
 
     With ``negative`` prompts each score is less the image's best match to one of them; with re-ranking
     (see :func:`cliplens.text.reference.reranking_vocabulary`; by default on for models that ship a
-    calibration) it is further less the image's best reference cosine.
+    calibration) it is further less the image's best reference cosine. ``ignore_text`` covers the text an OCR
+    engine finds in each image before it is encoded (the ``ocr`` extra); each result says how much it covered.
     """
     _check_ranking(prompt, top)
     encoder = as_encoder(model)
     images = list(images)
-    embedded = embed_images(images, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress)
+    cover = text_cover() if ignore_text else None
+    embedded = embed_images(images, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress,
+                            transform=cover)
     names = [os.fspath(images[i]) if isinstance(images[i], (str, os.PathLike)) else embedded.sources[row]
              for row, i in enumerate(embedded.indices)]  # paths as they are, so the files can be copied
     ranking = rank_vectors(prompt, embedded.vectors, names, encoder, negative=negative, top=top,
                            rerank=rerank, indices=embedded.indices)
     ranking.errors = embedded.errors
+    if cover is not None:
+        for result in ranking.results:
+            result.text_covered = [r.text for r in cover.covered(images[result.index])]
     return ranking
 
 

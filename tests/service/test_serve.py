@@ -392,3 +392,19 @@ def test_fuzzing_from_the_openapi_document_finds_no_5xx(client):
 
         check()
     assert not failures, "\n".join(failures[:10])
+
+
+def test_classify_and_rank_can_ignore_the_text_in_the_image(client):
+    pytest.importorskip("rapidocr_onnxruntime")
+    from cliplens.inputs.demo_data import hijacked_label
+
+    sample = next(s for s in generate(10, seed=43, size=224, words=1.0) if hijacked_label(s.scene) != s.scene.label)
+    image = png_bytes(sample.image)
+    labels = [sample.scene.label, hijacked_label(sample.scene), "a green star"]
+    body = client.post("/v1/classify", **_form(image, labels=labels, ignore_text="true")).json()
+    assert body["text_covered"] == 1 and body["text_found"] and body["labels"][0]["label"] == sample.scene.label
+    plain = client.post("/v1/classify", **_form(image, labels=labels)).json()
+    assert "text_covered" not in plain or plain["text_covered"] is None
+    ranked = client.post("/v1/rank", files={"images": ("a.png", image, "image/png")},
+                         data={"prompt": sample.scene.label, "ignore_text": "true"}).json()
+    assert ranked["results"][0]["text_covered"] == 1

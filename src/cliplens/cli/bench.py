@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
     for name, fn in (("embed", bench_embed), ("classify", bench_classify), ("text", bench_text), ("coldstart", bench_coldstart),
                      ("memory", bench_memory), ("parity", bench_parity), ("open-set", bench_open_set), ("search", bench_search),
                      ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve),
-                     ("index", bench_index), ("video", bench_video)):
+                     ("index", bench_index), ("video", bench_video), ("typographic", bench_typographic)):
         add(bench_app, name, fn)
 
 
@@ -289,6 +289,38 @@ def bench_video(seconds: int = typer.Option(60, "--seconds", callback=at_least(1
         out.print(line, highlight=False)
     if note:
         err.print(note, highlight=False)
+
+
+def bench_typographic(images: int = typer.Option(300, "-n", callback=at_least(1), help="Images per set (attacked, clean)."),
+                      seed: int = typer.Option(0, "--seed", help="Seed of the generated scenes."),
+                      model: str = typer.Option("demo", "--model", "-m", help="Model to attack (default: the demo model)."),
+                      backend: str | None = BenchBackendOpt, precision: str | None = BenchPrecisionOpt,
+                      as_json: bool = JsonOpt) -> None:
+    """Typographic attacks on the demo domain and the --ignore-text defence: top-1 on clean and attacked images,
+    with and without covering the text first, and how often the written word wins."""
+    from cliplens.bench.machine import describe_cpu
+    from cliplens.bench.typographic import typographic_benchmark
+
+    encoder = load_model_with_status(model, None, backend, precision)
+    with progress("classifying", unit="images") as bar:
+        task = bar.add_task("classifying", total=4 * images + 8, rate="")
+        result = typographic_benchmark(encoder, images=images, seed=seed,
+                                       on_progress=rate_updater(bar, task, "img"))
+    figures = {"model": encoder.name, "runtime": f"{encoder.info.backend} {encoder.info.precision}",
+               **result.to_dict(), "cpu": describe_cpu()}
+    if as_json:
+        emit_json(figures)
+        return
+    out.print(f"top-1 among the {len(cliplens.DEMO_LABELS)} demo labels, {images} images per set "
+              f"({figures['runtime']}, {_machine()}):\n"
+              f"                    as they are   --ignore-text\n"
+              f"clean images        {result.clean_top1:11.1%}   {result.clean_ignore_text_top1:11.1%}\n"
+              f"attacked images     {result.attacked_top1:11.1%}   {result.attacked_ignore_text_top1:11.1%}\n"
+              f"the word wins       {result.word_wins:11.1%}   {result.word_wins_ignore_text:11.1%}   "
+              f"(of the {result.contradicting} signs that contradict the picture)\n"
+              f"text covered in {result.attacked_with_text_found:.1%} of attacked images, "
+              f"{result.clean_with_text_found:.1%} of clean ones; +{result.ocr_ms_per_image:.0f} ms per image",
+              highlight=False)
 
 
 def bench_memory(count: int = typer.Option(10_000, "--images", callback=at_least(1), help="How many images to index."),

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 import cliplens
-from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, LabelsFileOpt, ModelOpt, OverwriteOpt,
+from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, IgnoreTextOpt, JsonOpt, LabelsFileOpt, ModelOpt,
+                                 OverwriteOpt,
                                  PrecisionOpt, TemplateOpt, TemplatesOpt, WorkersOpt, add, api_json_option,
                                  check_output, emit_json, err, find_images, load_model_with_status, out, progress,
                                  rate_updater, report_skipped, shown)
@@ -49,6 +50,7 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
                                                         "FILE.jsonl (it appears, whole, when the run ends)."),
              fmt: Optional[str] = typer.Option(None, "--format", metavar="FORMAT",
                                                help="Many images: print csv or jsonl rows on stdout."),
+             ignore_text: bool = IgnoreTextOpt,
              overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt,
              workers: Optional[int] = WorkersOpt, model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt,
              backend: Optional[str] = BackendOpt, precision: Optional[str] = PrecisionOpt,
@@ -69,7 +71,8 @@ def classify(image: str = typer.Argument(..., help="Image file, or a folder or q
     sources, unreadable = find_images([image], "image") if many else ([image], [])
     encoder = load_model_with_status(model, device, backend, precision)
     classifier = cliplens.Classifier(label_list, encoder, template=template, templates=set_name,
-                                     multi_label=multi_label, calibration=calibration, coverage=coverage)
+                                     multi_label=multi_label, calibration=calibration, coverage=coverage,
+                                     ignore_text=ignore_text)
     if many:
         _classify_many(classifier, sources, unreadable, output, fmt, as_json, batch_size, workers)
         return

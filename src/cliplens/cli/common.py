@@ -125,6 +125,11 @@ def new_app(help: str) -> typer.Typer:
                        add_completion=False)
 
 
+IgnoreTextOpt = typer.Option(False, "--ignore-text",
+                             help="Cover the text an OCR engine finds in each image before encoding it (the defence "
+                                  "against typographic attacks; pip install 'cliplens[ocr]').")
+
+
 def add(app: typer.Typer, name: str, fn: Callable) -> None:
     """Register ``fn`` as the command ``name`` of ``app``, with errors handled as :func:`command` does."""
     app.command(name, cls=Command)(command(fn))

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 import cliplens
-from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
+from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, IgnoreTextOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
                                  TopOpt, WorkersOpt, add, api_json_option, check_output, emit_json, err, find_images,
                                  load_model_with_status, out, progress, rate_updater, report_skipped)
 from cliplens.errors import UsageError
@@ -29,6 +29,7 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
                                                 help="Copy the kept images here as 001_name, 002_name, ..."),
          negative: List[str] = typer.Option(None, "--negative", metavar="TEXT",
                                             help="What they should not show (repeatable)."),
+         ignore_text: bool = IgnoreTextOpt,
          overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
          model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
          precision: Optional[str] = PrecisionOpt, as_json: bool = api_json_option("POST /v1/rank")) -> None:
@@ -42,7 +43,7 @@ def rank(prompt: str = typer.Argument(..., help="What the images should show."),
     with progress("ranking") as bar:
         task = bar.add_task("ranking", total=len(paths), rate="")
         ranking = cliplens.rank_images(prompt, paths, encoder, negative=negative or (), top=top,
-                                       batch_size=batch_size, workers=workers,
+                                       batch_size=batch_size, workers=workers, ignore_text=ignore_text,
                                        on_progress=rate_updater(bar, task, "img"))
     report_skipped(ranking.errors)
     if copy_to is not None:

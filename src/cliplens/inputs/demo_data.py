@@ -132,6 +132,12 @@ def random_scene(rng: random.Random, mixed: float = 0.0, words: float = 0.0) -> 
     return scene
 
 
+def hijacked_label(scene: ShapeScene) -> str:
+    """The label the scene's written word would make true ("blue circle" for a red circle under a sign
+    saying "blue"); the scene's own label when it has no word."""
+    return _hijacked(scene).label if scene.word else scene.label
+
+
 def _hijacked(scene: ShapeScene) -> ShapeScene:
     """The scene as a caption that names the written word as if it were drawn would describe it."""
     if scene.word in COLOURS:

@@ -102,7 +102,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                           image_fields=("image",), max_images=1)
         upload = _one(uploads, "image")
         return await engine().classify(upload, params.labels, template=params.template,
-                                       templates=params.templates, multi_label=params.multi_label)
+                                       templates=params.templates, multi_label=params.multi_label,
+                                       ignore_text=params.ignore_text)
 
     @app.post("/v1/caption", response_model=schemas.CaptionOut, responses=ERRORS,
               openapi_extra=_body_doc(schemas.CaptionParams, schemas.CaptionJson, {"image": False}))
@@ -120,7 +121,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                           image_fields=("images",), max_images=max_images)
         if not uploads["images"]:
             raise ApiError(422, "invalid_field", "images: give at least one image")
-        return await engine().rank(uploads["images"], params.prompt, params.negative, params.top)
+        return await engine().rank(uploads["images"], params.prompt, params.negative, params.top, params.ignore_text)
 
     @app.post("/v1/embed", response_model=schemas.EmbeddingsOut, responses=ERRORS,
               openapi_extra=_body_doc(schemas.EmbedParams, schemas.EmbedJson, {"images": True}))

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .. import (Captioner, Classifier, CliplensError, Encoder, ImageLoadError, PhotoIndex, SearchFilter,
-                builtin_bank_names, display_path, load_image, load_video_frame, rank_vectors, resolve_templates, template_set_names)
+                builtin_bank_names, cover_image_text, display_path, load_image, load_video_frame, rank_vectors, resolve_templates, template_set_names)
 from .batching import EncoderWorker
 from .config import ServiceConfig
 from .errors import ApiError, from_library
@@ -83,18 +83,26 @@ class Engine:
 
     # --- shared steps ---------------------------------------------------------------------------------
 
-    def _prepare(self, upload: Upload) -> Any:
+    def _prepare(self, upload: Upload, ignore_text: bool = False) -> tuple[Any, list[str]]:
         try:
             image = load_image(upload.data, draft_size=self.encoder.draft_size, pixel_limit=self.config.max_pixels)
-            return self.encoder.prepare(image)
+            covered = []
+            if ignore_text:
+                image, regions = cover_image_text(image)
+                covered = [r.text for r in regions]
+            return self.encoder.prepare(image), covered
         except CliplensError as exc:  # a broken image is 422 with its reason, named as the client named it
             raise from_library(exc, upload.name) from None
 
-    async def embed_uploads(self, uploads: Sequence[Upload]) -> np.ndarray:
-        """Decode the uploads (in parallel threads), then encode them in a merged batch."""
+    async def embed_uploads(self, uploads: Sequence[Upload], texts: list | None = None) -> np.ndarray:
+        """Decode the uploads (in parallel threads), then encode them in a merged batch. Given a list in ``texts``,
+        the text in each image is covered first, and the texts covered are appended to it (one list per upload)."""
         with self.worker.expecting():  # until queued, so a batch forming now waits for these images
-            prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, u) for u in uploads))
-            encoded = self.worker.submit_images(prepared)
+            prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, u, texts is not None)
+                                              for u in uploads))
+            encoded = self.worker.submit_images([pixels for pixels, _ in prepared])
+        if texts is not None:
+            texts += [covered for _, covered in prepared]
         return await asyncio.wrap_future(encoded)
 
     async def _model_call(self, fn: Callable[[], Any]) -> Any:
@@ -129,11 +137,13 @@ class Engine:
         return found
 
     async def classify(self, upload: Upload, labels: Sequence[str], *, template: str, templates: str | None,
-                       multi_label: bool) -> dict:
+                       multi_label: bool, ignore_text: bool = False) -> dict:
         classifier = await self.classifier(labels, template, templates, multi_label)
-        vectors = await self.embed_uploads([upload])
+        texts: list | None = [] if ignore_text else None
+        vectors = await self.embed_uploads([upload], texts)
         result = (await self._model_call(lambda: classifier.score_vectors(vectors, [upload.name])))[0]
-        return result.to_dict() | {"model": self.model_name}
+        extra = {} if texts is None else {"text_covered": len(texts[0]), "text_found": texts[0]}
+        return result.to_dict() | {"model": self.model_name} | extra
 
     async def captioner(self, banks: Sequence[str] | None, keep_typographic: bool) -> Captioner:
         names = [name.strip() for spec in banks or () for name in spec.split(",") if name.strip()]
@@ -160,10 +170,15 @@ class Engine:
         caption = await self._model_call(lambda: captioner.caption_vector(vectors[0], upload.name))
         return caption.to_dict()
 
-    async def rank(self, uploads: Sequence[Upload], prompt: str, negative: Sequence[str], top: int | None) -> dict:
-        vectors = await self.embed_uploads(uploads)
+    async def rank(self, uploads: Sequence[Upload], prompt: str, negative: Sequence[str], top: int | None,
+                   ignore_text: bool = False) -> dict:
+        texts: list | None = [] if ignore_text else None
+        vectors = await self.embed_uploads(uploads, texts)
         ranking = await self._model_call(lambda: rank_vectors(prompt, vectors, [u.name for u in uploads],
                                                               self.encoder, negative=negative, top=top))
+        if texts is not None:
+            for result in ranking.results:
+                result.text_covered = texts[result.index]
         return ranking.to_dict()
 
     async def embed(self, uploads: Sequence[Upload], texts: Sequence[str]) -> dict:

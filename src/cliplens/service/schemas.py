@@ -37,6 +37,8 @@ class ClassifyParams(_Strict):
     template: Text = Field(DEFAULT_TEMPLATE, description="Prompt with {} for the label; 'none' for verbatim labels.")
     templates: Optional[Text] = Field(None, description="A named prompt ensemble instead: imagenet, imagenet-7 or none.")
     multi_label: bool = Field(False, description="Independent probability per label (several may fit).")
+    ignore_text: bool = Field(False, description="Cover the text an OCR engine finds in the image before encoding it "
+                                                 "(the defence against typographic attacks; needs the ocr extra).")
 
 
 class ClassifyJson(ClassifyParams):
@@ -57,6 +59,8 @@ class RankParams(_Strict):
     prompt: Text = Field(min_length=1, description="What the images should show.")
     negative: list[Text] = Field(default_factory=list, max_length=MAX_NEGATIVES, description="What they should not show.")
     top: Optional[int] = Field(None, ge=1, description="Keep the best N.")
+    ignore_text: bool = Field(False, description="Cover the text an OCR engine finds in the image before encoding it "
+                                                 "(the defence against typographic attacks; needs the ocr extra).")
 
 
 class RankJson(RankParams):
@@ -122,6 +126,8 @@ class ClassificationOut(BaseModel):
         None, description="The image side: the image lies outside the world of the calibration's images (blank, "
                           "noise, texture, another domain). Null without a calibration that has this detector.")
     looks_like: Optional[str] = Field(None, description="The reference caption the image matches best.")
+    text_covered: Optional[int] = Field(None, description="With ignore_text: how many text regions were covered.")
+    text_found: Optional[list[str]] = Field(None, description="With ignore_text: the text they held.")
 
 
 class CaptionLabelOut(BaseModel):
@@ -149,6 +155,8 @@ class RankedOut(BaseModel):
     index: int = Field(description="The image's position in the request.")
     score: float = Field(description="What the images are ranked by (see score_kind).")
     similarity: float = Field(description="The image's cosine with the prompt.")
+    text_covered: Optional[int] = Field(None, description="With ignore_text: how many text regions were covered.")
+    text_found: Optional[list[str]] = Field(None, description="With ignore_text: the text they held.")
 
 
 class RankingOut(BaseModel):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ImageLoadError
 from ..inputs.images import ImageSource, load_image, source_name
@@ -31,10 +32,19 @@ class ImageEmbeddings:
     indices: list[int] = field(default_factory=list)  # each row's position among the images given
 
 
-def _decode(source: ImageSource, encoder: Encoder) -> tuple[object, tuple[int, int]] | ImageLoadError:
+#: a change made to each picture after it is decoded and before it is encoded, given the image's source
+#: (``--ignore-text`` covers the text it finds: :class:`cliplens.inputs.ocr.TextCover`)
+ImageTransform = Callable[[ImageSource, Image.Image], Image.Image]
+
+
+def _decode(source: ImageSource, encoder: Encoder, transform: ImageTransform | None = None
+            ) -> tuple[object, tuple[int, int]] | ImageLoadError:
     try:
         image = load_image(source, draft_size=encoder.draft_size)
-        return encoder.prepare(image), image.size
+        size = image.size
+        if transform is not None:
+            image = transform(source, image)
+        return encoder.prepare(image), size
     except ImageLoadError as exc:
         return exc
 
@@ -94,24 +104,26 @@ def prefetch_iter(items: Iterable[T], depth: int = 2) -> Iterator[T]:
         worker.join(timeout=5)
 
 
-def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_size: int, workers: int
+def iter_image_batches(sources: Sequence[ImageSource], encoder: Encoder, batch_size: int, workers: int,
+                       transform: ImageTransform | None = None
                        ) -> Iterator[list[tuple[int, object, tuple[int, int] | None]]]:
     """Decode images in worker threads ahead of the model, yielding batches of (index, pixels|error, size)."""
     def job(i: int):
-        result = _decode(sources[i], encoder)
+        result = _decode(sources[i], encoder, transform)
         return (i, result, None) if isinstance(result, ImageLoadError) else (i, result[0], result[1])
 
     return prefetch_batches(len(sources), job, batch_size, workers)
 
 
 def iter_encoded_batches(images: Sequence[ImageSource], encoder: Encoder, *, batch_size: int | None = None,
-                         workers: int | None = None, on_progress: ProgressFn | None = None
+                         workers: int | None = None, on_progress: ProgressFn | None = None,
+                         transform: ImageTransform | None = None
                          ) -> Iterator[list[tuple[int, np.ndarray | ImageLoadError]]]:
     """Batches of (index, L2-normalised vector or the image's :class:`ImageLoadError`), in input order."""
     batch_size = batch_size or encoder.image_batch_size
     workers = workers if workers is not None else default_workers()
     done = 0
-    for batch in iter_image_batches(images, encoder, batch_size, workers):
+    for batch in iter_image_batches(images, encoder, batch_size, workers, transform):
         ok = [(i, pixels) for i, pixels, _ in batch if not isinstance(pixels, ImageLoadError)]
         vectors = iter(encoder.encode_prepared([p for _, p in ok]) if ok else [])
         yield [(i, pixels if isinstance(pixels, ImageLoadError) else next(vectors)) for i, pixels, _ in batch]
@@ -127,10 +139,11 @@ def default_workers() -> int:
 
 def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = None, *, device: str | None = None,
                  batch_size: int | None = None, workers: int | None = None, skip_errors: bool = True,
-                 on_progress: ProgressFn | None = None) -> ImageEmbeddings:
+                 on_progress: ProgressFn | None = None, transform: ImageTransform | None = None) -> ImageEmbeddings:
     """Embed images (paths, bytes or PIL images); bad ones are reported in ``errors`` and skipped.
 
-    With ``skip_errors=False`` the first bad image raises its :class:`ImageLoadError`.
+    With ``skip_errors=False`` the first bad image raises its :class:`ImageLoadError`. ``transform`` changes
+    each decoded picture before it is encoded (see :data:`ImageTransform`).
     """
     encoder = as_encoder(model, device, purpose="rankings")
     sources = list(images)
@@ -138,7 +151,7 @@ def embed_images(images: Iterable[ImageSource], model: Encoder | str | None = No
     workers = workers if workers is not None else default_workers()
     vectors, names, sizes, errors, indices = [], [], [], [], []
     done = 0
-    for batch in iter_image_batches(sources, encoder, batch_size, workers):
+    for batch in iter_image_batches(sources, encoder, batch_size, workers, transform):
         ok = []
         for i, pixels, size in batch:
             if isinstance(pixels, ImageLoadError):

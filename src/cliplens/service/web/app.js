@@ -154,7 +154,14 @@ async function classify(event) {
     for (const label of labels) form.append("labels", label);
     form.append("template", $("#classify-template").value.trim() || "none");
     form.append("multi_label", $("#classify-multi").checked ? "true" : "false");
-    renderClassification(await api("/v1/classify", form));
+    form.append("ignore_text", $("#classify-ignore-text").checked ? "true" : "false");
+    const result = await api("/v1/classify", form);
+    renderClassification(result);
+    if (result.text_covered != null) {
+      $("#classify-results").append(element("p", { class: "muted", id: "classify-text-covered" },
+        result.text_covered ? `Covered ${result.text_covered} text region(s) before classifying: ` +
+          result.text_found.map((t) => `“${t}”`).join(", ") : "No text found in the image."));
+    }
   });
 }
 
