@@ -93,3 +93,18 @@ def test_cli_classify_and_rank_say_what_they_covered(tmp_path):
                    "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["text_covered"] == 1
+
+
+def test_the_caption_guard_takes_the_ocr_evidence_and_ignore_text_recovers_the_picture(demo_model):
+    samples = list(generate(12, seed=43, size=224, words=1.0))
+    plain = cliplens.Captioner(demo_model)
+    reading = cliplens.Captioner(demo_model, read_text=True)
+    covering = cliplens.Captioner(demo_model, ignore_text=True)
+    read = list(reading.caption_many([s.image for s in samples]))
+    for caption, sample in zip(read, samples):
+        assert caption.text_found and caption.to_dict()["text_covered"] == 0
+        for labels in caption.banks.values():  # a label written in the image is a suspect, whatever the model reads
+            assert all(c.typographic_suspect for c in labels if c.label == sample.scene.word)
+    shows = lambda caption, s: s.scene.shape in caption.caption  # noqa: E731
+    recovered = sum(shows(covering.caption(s.image), s) for s in samples)
+    assert recovered > sum(shows(plain.caption(s.image), s) for s in samples) and recovered >= 6

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import ImageLoadError, UsageError
-from ..inputs.images import ImageSource, source_name
+from ..inputs.images import ImageSource, load_image, source_name
+from ..inputs.ocr import text_cover
 from ..inputs.wordlists import imagenet_classes
 from ..models import Encoder, TextTruncatedWarning, as_encoder
 from ..scores.calibration import Calibration, FitDetector, resolve_calibration
@@ -60,6 +61,8 @@ class Caption:
     caption: str
     banks: dict[str, list[CaptionLabel]]
     out_of_distribution: float | None = None  # P(the image lies outside the calibrated world); None without it
+    text_found: list[str] | None = None  # with read_text or ignore_text: the text the OCR engine read
+    text_covered: bool = False  # with ignore_text: that text was covered before the image was encoded
 
     def llm(self) -> str:
         """The line to put in a chat: ``[Image Attached: Image with a sheep in it. This is a photo.]``."""
@@ -68,10 +71,27 @@ class Caption:
     def to_dict(self) -> dict:
         """The JSON form (``--json`` and the HTTP API): ``{"image", "caption", "llm", "out_of_distribution",
         "banks": {NAME: [{"label", "score", "typographic_suspect"}]}}``."""
-        return {"image": self.image, "caption": self.caption, "llm": self.llm(),
+        data = {"image": self.image, "caption": self.caption, "llm": self.llm(),
                 "out_of_distribution": self.out_of_distribution,
                 "banks": {name: [{"label": c.label, "score": c.score, "typographic_suspect": c.typographic_suspect}
                                  for c in labels] for name, labels in self.banks.items()}}
+        if self.text_found is not None:
+            data["text_found"] = list(self.text_found)
+            data["text_covered"] = len(self.text_found) if self.text_covered else 0
+        return data
+
+
+_NOT_EVIDENCE = frozenset({"the", "and", "with", "for", "from", "photo", "image", "picture", "this", "that"})
+
+
+def written_in(label: str, texts: Sequence[str]) -> bool:
+    """Whether ``label`` (or one of its words of three letters or more) is written in ``texts``, as an OCR engine
+    read them (case and spaces ignored: it reads "green triangle" as "greentriangle")."""
+    read = ["".join(ch for ch in t.lower() if ch.isalnum()) for t in texts]
+    words = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in label.split()]
+    whole = "".join(words)
+    words = [w for w in words if len(w) >= 3 and w not in _NOT_EVIDENCE]
+    return any(whole and whole in r or any(w in r for w in words) for r in read if r)
 
 
 def bank_margins(sims: np.ndarray) -> np.ndarray:
@@ -104,7 +124,9 @@ class Captioner:
 
     ``banks``: names of built-in banks, ``NAME=FILE``, bank files, folders of them or
     :class:`LabelBank` objects (None: the model's default banks). ``keep_typographic`` keeps labels
-    the guard marks in the sentence. ``calibration``: as for :class:`cliplens.Classifier` (the one
+    the guard marks in the sentence. ``read_text`` gives the guard an OCR engine's evidence (the ``ocr``
+    extra): a label written in the image is a suspect whatever the model reads; ``ignore_text`` also
+    covers that text before the image is encoded. ``calibration``: as for :class:`cliplens.Classifier` (the one
     shipped beside the model by default), whose detector judges whether a label fits.
     ``texts_encoded`` counts the texts this captioner had to encode (0 when everything was cached).
     """
@@ -113,8 +135,12 @@ class Captioner:
                  device: str | None = None, keep_typographic: bool = False,
                  calibration: Calibration | str | os.PathLike | bool | None = None,
                  typographic_prompts: Sequence[str] = TYPOGRAPHIC_PROMPTS,
-                 on_progress: Callable[[str, int, int], None] | None = None):
+                 on_progress: Callable[[str, int, int], None] | None = None, read_text: bool = False,
+                 ignore_text: bool = False):
         self.encoder = as_encoder(model, device)
+        self.ignore_text = ignore_text
+        self.text_cover = text_cover("ignore_text" if ignore_text else "read_text") if read_text or ignore_text \
+            else None
         self.banks = resolve_banks(banks, self.encoder.info.path)
         self.keep_typographic = keep_typographic
         calibration = resolve_calibration(calibration, self.encoder)
@@ -201,8 +227,9 @@ class Captioner:
         return " ".join(s for s in sentences if s)
 
     def caption_vector(self, vector: np.ndarray, name: str = "", *, refine: bool = False,
-                       refine_seconds: float = 2.0) -> Caption:
-        """The caption of one already-embedded image (an L2-normalised vector)."""
+                       refine_seconds: float = 2.0, written: Sequence[str] | None = None) -> Caption:
+        """The caption of one already-embedded image (an L2-normalised vector). ``written``: the text an OCR
+        engine read in the image; a label written there is a typographic suspect whatever the model reads."""
         vector = np.asarray(vector, np.float32).reshape(-1)
         reference_sims = self._reference_vectors @ vector
         best = float(reference_sims.max())
@@ -216,11 +243,14 @@ class Captioner:
                 continue
             judged = self._judge(vector, sims, reference_sims, best, index, max(CANDIDATES, 4 * bank.top_k),
                                  1.0 - outside)
+            if written:
+                judged = [replace(c, typographic_suspect=True) if written_in(c.label, written) else c for c in judged]
             chosen[bank.name] = self._choose(bank, judged)
             pools[bank.name] = [c for c in judged[:REFINE_POOL] if not c.typographic_suspect]
         if refine:
             chosen = self._refine(vector, chosen, pools, time.monotonic() + refine_seconds)
-        return Caption(name, self.compose(chosen), chosen, outside if self.open_set.available else None)
+        return Caption(name, self.compose(chosen), chosen, outside if self.open_set.available else None,
+                       None if written is None else list(written), self.ignore_text)
 
     # --- refinement ----------------------------------------------------------------------------
 
@@ -262,19 +292,36 @@ class Captioner:
 
     def caption(self, image: ImageSource, *, refine: bool = False, refine_seconds: float = 2.0) -> Caption:
         """The caption of one image (path, bytes or PIL image); a bad image raises :class:`ImageLoadError`."""
+        source = image
+        if self.text_cover is not None:
+            image = load_image(image, draft_size=self.encoder.draft_size)
+            if self.ignore_text:
+                image = self.text_cover(source, image)
+            else:  # the evidence only: the image is encoded as it is
+                self.text_cover.read(source, image)
         vector = self.encoder.encode_images([image])[0]
-        return self.caption_vector(vector, source_name(image), refine=refine, refine_seconds=refine_seconds)
+        return self.caption_vector(vector, source_name(source), refine=refine, refine_seconds=refine_seconds,
+                                   written=self._written(source))
+
+    def _written(self, source) -> list[str] | None:
+        if self.text_cover is None:
+            return None
+        return [r.text for r in self.text_cover.covered(source)]
 
     def caption_many(self, images: Sequence[ImageSource], *, refine: bool = False, refine_seconds: float = 2.0,
                      batch_size: int | None = None, workers: int | None = None,
                      on_progress: Callable[[int, int], None] | None = None) -> Iterator[Caption | ImageLoadError]:
         """Captions in input order, yielding a :class:`Caption` or the :class:`ImageLoadError` of each image."""
         images = list(images)
+        transform = None
+        if self.text_cover is not None:
+            transform = self.text_cover if self.ignore_text else self.text_cover.read
         for batch in iter_encoded_batches(images, self.encoder, batch_size=batch_size, workers=workers,
-                                          on_progress=on_progress):
+                                          on_progress=on_progress, transform=transform):
             for i, vector in batch:
                 yield vector if isinstance(vector, ImageLoadError) else self.caption_vector(
-                    vector, source_name(images[i]), refine=refine, refine_seconds=refine_seconds)
+                    vector, source_name(images[i]), refine=refine, refine_seconds=refine_seconds,
+                    written=self._written(images[i]))
 
 
 def caption(image: ImageSource, model: Encoder | str | None = None, banks: Sequence[str | LabelBank] | None = None,

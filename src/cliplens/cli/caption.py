@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 import cliplens
-from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
+from cliplens.cli.common import (BackendOpt, BatchOpt, DeviceOpt, IgnoreTextOpt, JsonOpt, ModelOpt, OverwriteOpt, PrecisionOpt,
                                  WorkersOpt, add, api_json_option, at_least, check_output, emit_json, err, find_images,
                                  load_model_with_status, new_app, out, printable_json, progress, rate_updater,
                                  report_skipped, shown)
@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
     add(banks_app, "calibrate", banks_calibrate)
 
 
-def _captioner(model, device, backend, precision, banks, keep_typographic: bool = False):
+def _captioner(model, device, backend, precision, banks, keep_typographic: bool = False, read_text: bool = False,
+               ignore_text: bool = False):
     """Load the model and embed its banks, with a progress bar only when texts must be encoded."""
     encoder = load_model_with_status(model, device, backend, precision)
     with ExitStack() as stack:
@@ -48,7 +49,8 @@ def _captioner(model, device, backend, precision, banks, keep_typographic: bool 
                 tasks[name] = bar.add_task(f"bank {name}", total=total, rate="")
             bar.update(tasks[name], completed=done, total=total)
 
-        captioner = cliplens.Captioner(encoder, banks, keep_typographic=keep_typographic, on_progress=on_progress)
+        captioner = cliplens.Captioner(encoder, banks, keep_typographic=keep_typographic, on_progress=on_progress,
+                                       read_text=read_text, ignore_text=ignore_text)
     for name, labels in captioner.unreadable.items():
         err.print(f"[yellow]note:[/] {shown(encoder.name)} cannot read {len(labels)} label(s) of bank "
                   f"{shown(repr(name))} (e.g. {shown(repr(labels[0]))}); they are left out", highlight=False,
@@ -75,6 +77,10 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
             keep_typographic: bool = typer.Option(False, "--keep-typographic",
                                                   help="Keep labels that look read from text in the image (still "
                                                        "marked)."),
+            read_text: bool = typer.Option(False, "--read-text",
+                                           help="Read the text in each image with an OCR engine: a label written "
+                                                "there is a typographic suspect (pip install 'cliplens[ocr]')."),
+            ignore_text: bool = IgnoreTextOpt,
             batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
             model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
             precision: Optional[str] = PrecisionOpt,
@@ -85,7 +91,7 @@ def caption(images: List[str] = typer.Argument(..., help="Image files, folders o
         raise UsageError(f"use one of {', '.join(FORMATS)}", value=str(fmt), parameter="fmt")
     paths, unreadable = find_images(images, "images")
     single = len(images) == 1 and len(paths) == 1 and Path(images[0]).is_file()
-    captioner = _captioner(model, device, backend, precision, banks, keep_typographic)
+    captioner = _captioner(model, device, backend, precision, banks, keep_typographic, read_text, ignore_text)
     captions, errors = [], list(unreadable)
     show_names = len(paths) > 1 and fmt in ("llm", "text")
     with progress("captioning") as bar:

@@ -155,6 +155,13 @@ class TextCover:
             self._covered[self._key(source)] = covered
         return clean
 
+    def read(self, source, image: Image.Image) -> Image.Image:
+        """Read the text of ``image`` (kept, as for covering) and return the image untouched."""
+        found = [r for r in read_text(image) if r.is_text]
+        with self._lock:
+            self._covered[self._key(source)] = found
+        return image
+
     def covered(self, source) -> list[TextRegion]:
         """The regions covered in the image of ``source`` (none if it was not seen), forgotten once asked for
         (a long run keeps nothing it has reported)."""
