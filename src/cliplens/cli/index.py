@@ -38,6 +38,8 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images, RA
                                        help="Move a damaged database aside and start again from the rows that can "
                                             "still be read (the rest is encoded again)."),
           errors: bool = typer.Option(False, "--errors", help="List the files that could not be indexed, and why."),
+          ocr: bool = typer.Option(False, "--ocr", help="Also read the text in each photo and video scene (once; "
+                                                        "for search --contains-text; pip install 'cliplens[ocr]')."),
           export: Optional[Path] = typer.Option(None, "--export", metavar="DIR",
                                                 help="Write the index's vectors to DIR in clip-retrieval's layout."),
           import_dir: Optional[Path] = typer.Option(None, "--import", metavar="DIR",
@@ -94,7 +96,7 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images, RA
                                     batch_size=batch_size, workers=workers, device=device, backend=backend,
                                     precision=precision, on_progress=rate_updater(bar, task, "img"),
                                     on_status=lambda m: err.print(m, highlight=False), engine=engine, address=address,
-                                    rebuild=rebuild)
+                                    rebuild=rebuild, ocr=ocr)
     if run.recovered is not None:
         err.print(f"rebuilt the index: kept {run.recovered.kept} rows, lost {run.recovered.lost}; the old database is "
                   f"{cliplens.display_path(run.recovered.moved_to)}", highlight=False)
@@ -103,8 +105,9 @@ def index(folders: List[Path] = typer.Argument(None, help="Folders of images, RA
         emit_json(run.to_dict() | ({"imported": imported} if imported is not None else {}))
     else:
         err.print(f"{run.files} files: {run.encoded} encoded, {run.unchanged} unchanged, {run.reused} reused by "
-                  f"content, {run.moved} moved, {run.removed} removed, {run.failed} failed ({run.seconds:.1f} s) "
-                  f"→ {run.index}", highlight=False)
+                  f"content, {run.moved} moved, {run.removed} removed, {run.failed} failed"
+                  f"{f', text read in {run.texts_read}' if ocr else ''} ({run.seconds:.1f} s) → {run.index}",
+                  highlight=False)
     if run.failed:
         raise typer.Exit(1)
 
@@ -141,6 +144,10 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
                                               help='Only files whose path matches GLOB ("*/2019/*").'),
            kind: Optional[str] = typer.Option(None, "--kind", metavar="KIND",
                                               help="Only photos, or only videos' scenes: photo or video."),
+           contains_text: Optional[str] = typer.Option(
+               None, "--contains-text", metavar="WORDS",
+               help="Only photos whose text (read by `index --ocr`) contains WORDS: any case, spaces and a misread "
+                    "letter in six forgiven."),
            index: Optional[Path] = IndexOpt, model: Optional[str] = IndexModelOpt,
            device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
            precision: Optional[str] = PrecisionOpt,
@@ -152,7 +159,7 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
     also has a match: the probability that the image shows it (the detector behind classify's "none of
     these")."""
     filters = cliplens.SearchFilter(after, before, camera, cliplens.parse_position(near) if near else None,
-                                    within_km, path, kind)
+                                    within_km, path, kind, contains_text)
     if query is None and image is None and like is None and not add_terms and not filters.active:
         raise UsageError("give a text query, an example image, a file to find more like, terms to add, or filters",
                          parameter="query")
@@ -180,7 +187,8 @@ def search(query: Optional[str] = typer.Argument(None, help='Text, or arithmetic
         match = f"  match {hit.match:4.0%}" if hit.match is not None else ""
         score = f"  {hit.score:.3f}" if result.score_kind != "none" else ""
         taken = f"  {hit.meta.taken[:16].replace('T', ' ')}" if filters.active and hit.meta and hit.meta.taken else ""
-        out.print(f"{rank:3d}{score}{match}{taken}  {hit.shown}", highlight=False)
+        text = f"  “{' '.join(hit.text.split())}”" if hit.text else ""
+        out.print(f"{rank:3d}{score}{match}{taken}  {hit.shown}{text}", highlight=False)
 
 
 def dedupe(threshold: float = typer.Option(0.95, "--threshold", metavar="COSINE", callback=above_up_to(0, 1),

@@ -23,7 +23,7 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
                  exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
                  workers: int | None = None, device: str | None = None, backend: str | None = None,
                  precision: str | None = None, on_progress=None, on_status=None, engine: str = "local",
-                 address: str | None = None, rebuild: bool = False) -> IndexRun:
+                 address: str | None = None, rebuild: bool = False, ocr: bool = False) -> IndexRun:
     """Build or update the index at ``index`` (default: CLIPLENS_INDEX or the user data dir) from ``folders``.
 
     Without ``model`` the index keeps the model it was built with (a new index takes the default model).
@@ -31,6 +31,8 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
     ``rebuild`` first moves a (damaged) database aside and starts a new one from the rows that can still be
     read (see :meth:`IndexStore.rebuild`); what was lost is encoded again.
     ``engine="ray"`` decodes and encodes in a Ray Data pipeline (local, or the cluster at ``address``).
+    ``ocr`` also reads the text in every photo and video scene that has none read yet (the ``ocr`` extra), for
+    ``search --contains-text``.
     """
     from filelock import Timeout
 
@@ -66,7 +68,7 @@ def update_index(folders: Sequence[str | os.PathLike], index: str | Path | None 
                                      precision=encoder.info.precision if cpu else precision, on_status=on_status,
                                      preparer=encoder.preparer)
         run = index_folders(folders, encoder, store, exclude=exclude, reindex=reindex, batch_size=batch_size,
-                            workers=workers, on_progress=on_progress, encode_batches=encode_batches)
+                            workers=workers, on_progress=on_progress, encode_batches=encode_batches, ocr=ocr)
         run.recovered = recovery
         return run
     finally:

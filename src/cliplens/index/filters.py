@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from fnmatch import fnmatchcase
 
 import numpy as np
 
 from ..errors import UsageError
+from ..inputs.ocr import normalised, text_contains
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 EARTH_RADIUS_KM = 6371.0088
@@ -75,6 +76,7 @@ class SearchFilter:
     within_km: float | None = None
     path: str | None = None  # a glob on the file's path ("*/2019/*", "*beach*")
     kind: str | None = None  # "photo" or "video"
+    text: str | None = None  # words written in the photo, as OCR read them (``index --ocr``): any case and spacing
 
     def __post_init__(self):
         if self.after is not None:
@@ -94,7 +96,8 @@ class SearchFilter:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.after, self.before, self.camera, self.near, self.path, self.kind))
+        return any(v is not None for v in (self.after, self.before, self.camera, self.near, self.path, self.kind,
+                                           self.text))
 
     def sql(self) -> tuple[list[str], list]:
         """SQL conditions on the files table (and their parameters) for what SQL can judge."""
@@ -136,9 +139,25 @@ class SearchFilter:
         """Whether some conditions are judged on each row's path or place, after SQL."""
         return self.near is not None or self.path is not None
 
+    def text_matches(self, store) -> dict[int, str]:
+        """The ids whose text (read by OCR) contains :attr:`text`, forgiving the spaces OCR drops and a misread
+        letter in six, with that text."""
+        needle = normalised(self.text or "")
+        return {i: text for i, text in store.text_candidates(needle) if text_contains(needle, text)}
+
     def select(self, store, *, newest_first: bool = False) -> np.ndarray:
         """The ids of ``store`` (an :class:`~cliplens.index.store.IndexStore`) that pass, newest first if asked
         (then only rows with a vector; else possibly rows without one, which a vector search drops)."""
+        if self.text is not None:
+            if not normalised(self.text):
+                raise UsageError("give words with letters or digits", value=self.text, parameter="text")
+            matched = self.text_matches(store)
+            others = replace(self, text=None)
+            if not others.active:
+                ids = np.fromiter(matched, np.int64, len(matched))
+                return store.newest_first(ids) if newest_first else ids
+            ids = others.select(store, newest_first=newest_first)
+            return ids[np.isin(ids, np.fromiter(matched, np.int64, len(matched)))]
         conditions, params = self.sql()
         rows = store.filtered_ids(conditions, params, described=self.judged_by_row, newest_first=newest_first)
         if self.judged_by_row:

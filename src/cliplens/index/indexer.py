@@ -27,8 +27,9 @@ from ..errors import ImageLoadError, UsageError
 from ..files import display_path
 from ..inputs.images import IMAGE_EXTENSIONS, expand_paths, load_image
 from ..inputs.metadata import PhotoMetadata, read_metadata
+from ..inputs.ocr import read_text, text_cover
 from ..inputs.video import VIDEO_EXTENSIONS, VideoDecodeError, VideoSampler, VideoUnavailable, is_video, \
-    read_video_metadata
+    load_video_frame, read_video_metadata
 from ..models import Encoder, l2_normalize
 from ..models.keys import checkpoint_key
 from ..vectors.batches import default_workers, prefetch_batches, prefetch_iter
@@ -36,6 +37,7 @@ from .store import IndexStore, NewRow, SceneRow
 from .sync import sync_vector_index
 
 ProgressFn = Callable[[int, int], None]
+OCR_SIDE = 1024  # photos are read for text at (at least) this size, not the model's
 
 
 @dataclass
@@ -51,6 +53,7 @@ class IndexRun:
     moved: int = 0
     removed: int = 0
     failed: int = 0
+    texts_read: int = 0  # with ocr: photos and scenes whose text was read this run
     seconds: float = 0.0
     errors: list[ImageLoadError] = field(default_factory=list)
     recovered: object = None  # the store's Recovery when the run began by rebuilding a damaged database
@@ -88,7 +91,7 @@ def _read_hashed(path: str) -> tuple[str, bytes]:
 def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store: IndexStore, *,
                   exclude: Iterable[str] = (), reindex: bool = False, batch_size: int | None = None,
                   workers: int | None = None, on_progress: ProgressFn | None = None,
-                  encode_batches=None, describe: bool = True) -> IndexRun:
+                  encode_batches=None, describe: bool = True, ocr: bool = False) -> IndexRun:
     """Bring ``store`` up to date with the images under ``folders``, encoding with ``encoder``.
 
     ``encode_batches(todo, hash_only, known, by_hash)`` replaces the local decode-and-encode loop (the
@@ -97,8 +100,11 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
     ``error`` set, and every other file gets its vector.
 
     ``describe`` False leaves the photos' metadata unread (``cliplens bench index`` measures what reading it
-    costs); the next run that describes reads it then.
+    costs); the next run that describes reads it then. ``ocr`` reads the text in every photo and video scene
+    whose text was never read (new ones, and those indexed before without it; no vector is encoded again),
+    for search by the words in a photo.
     """
+    reader = text_cover("ocr") if ocr else None  # no OCR engine: say so before anything is done
     start = time.perf_counter()
     fingerprint = checkpoint_key(encoder.info.path)
     if reindex and store.model is not None and store.model.fingerprint != fingerprint:
@@ -222,6 +228,8 @@ def index_folders(folders: Sequence[str | os.PathLike], encoder: Encoder, store:
         store.write_batch([], removals=list(gone))
         run.removed = len(gone)
     sync_vector_index(store)
+    if reader is not None:
+        run.texts_read = _read_texts(store, found, roots, on_progress)
     run.seconds = time.perf_counter() - start
     return run
 
@@ -296,6 +304,28 @@ def _hash_file(path: str) -> str:
     """A file's SHA-256, read as a stream."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _read_texts(store: IndexStore, found: set[str], roots: Sequence[Path], on_progress: ProgressFn | None,
+                chunk: int = 50) -> int:
+    """Read the text in the photos and scenes that have none read yet, storing it ``chunk`` rows at a time
+    (a killed run keeps what it read); returns how many were read."""
+    todo = [(i, path, t) for i, path, t in store.unread_texts() if path in found and _under(path, roots)]
+    done = 0
+    for start in range(0, len(todo), chunk):
+        rows = []
+        for row_id, path, moment in todo[start : start + chunk]:
+            try:
+                image = load_image(path, draft_size=OCR_SIDE) if moment is None else \
+                    load_video_frame(path, moment, side=OCR_SIDE)
+            except ImageLoadError:  # changed or gone since: the next run reads it
+                continue
+            rows.append((row_id, "\n".join(r.text for r in read_text(image) if r.is_text)))
+        store.set_texts(rows)
+        done += len(rows)
+        if on_progress is not None:
+            on_progress(min(start + chunk, len(todo)), len(todo))
+    return done
 
 
 def _describe_unread(store: IndexStore, found: set[str], roots: Sequence[Path], chunk: int = 500) -> None:

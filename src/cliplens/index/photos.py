@@ -50,6 +50,7 @@ class SearchHit:
     meta: PhotoMetadata | None = None
     time: float | None = None  # a video's scene: when it starts, in seconds (the hit is the file and the moment)
     until: float | None = None
+    text: str | None = None  # with a text filter: the text OCR read in it
 
     @property
     def kind(self) -> str:
@@ -65,7 +66,7 @@ class SearchHit:
         return {"path": display_path(self.path), "id": self.id, "kind": self.kind, "time": self.time,
                 "until": self.until, "score": self.score, "similarity": self.similarity, "match": self.match,
                 "taken": meta.taken, "taken_source": meta.taken_source, "camera": meta.camera, "lat": meta.lat,
-                "lon": meta.lon}
+                "lon": meta.lon} | ({} if self.text is None else {"text": self.text})
 
 
 def clock(seconds: float) -> str:
@@ -275,9 +276,10 @@ class PhotoIndex:
         :class:`cliplens.text.match.TextMatch`); ``min_match`` keeps only hits whose match is at least that,
         so a query that no image shows has no results (and the result names its ``near_miss``).
 
-        ``filters`` (:class:`~cliplens.index.filters.SearchFilter`: date taken, camera, place, path) narrow the
-        candidates before the vector search, so ``top`` results come back whenever that many pass; without any
-        query term they list the photos that pass, newest first.
+        ``filters`` (:class:`~cliplens.index.filters.SearchFilter`: date taken, camera, place, path, kind, words
+        written in the photo) narrow the candidates before the vector search, so ``top`` results come back
+        whenever that many pass; without any query term they list the photos that pass, newest first. With
+        words, each hit carries the text OCR read in it.
 
         ``like``: an indexed file (its path, or its id as hits give it) whose stored vector is the example
         image, without reading or encoding the file again ("more like this"); the file itself is not a result.
@@ -292,6 +294,7 @@ class PhotoIndex:
         shown += "".join(f" + {t}" for t in add) + "".join(f" - {t}" for t in subtract)
         alone = not terms and image_vector is None and like is None  # filters alone list the newest first
         allowed = self._allowed(filters, newest_first=alone)
+        with_text = filters is not None and filters.text is not None
         exclude = None
         if like is not None:
             exclude, image_vector = self._like(like, image_vector)
@@ -302,8 +305,8 @@ class PhotoIndex:
             if top < 1:
                 raise UsageError(f"must be at least 1 (got {top})", parameter="top")
             ids = allowed[:top]
-            return SearchResult("", self._hits(np.zeros(len(ids), np.float32), ids, np.full(len(ids), np.nan), None),
-                                "none")
+            return SearchResult("", self._hits(np.zeros(len(ids), np.float32), ids, np.full(len(ids), np.nan), None,
+                                               with_text), "none")
         if image_vector is None:
             vector = self.query_vector(terms)
         else:  # an example image with optional text terms
@@ -321,15 +324,17 @@ class PhotoIndex:
         return self.search_vector(vector, shown.strip(), top=top, threshold=threshold,
                                   rerank=rerank if text_only else False,
                                   match_text=terms[0].text if one_text else None, min_match=min_match,
-                                  allowed=allowed, exclude=exclude)
+                                  allowed=allowed, exclude=exclude, with_text=with_text)
 
     def search_vector(self, vector: np.ndarray, shown: str = "", *, top: int = 10, threshold: float | None = None,
                       rerank: bool | None = None, match_text: str | None = None, min_match: float | None = None,
-                      allowed: np.ndarray | None = None, exclude: int | None = None) -> SearchResult:
+                      allowed: np.ndarray | None = None, exclude: int | None = None,
+                      with_text: bool = False) -> SearchResult:
         """The ``top`` files best matching an already-embedded query (normalised), re-ranked as :meth:`search`
         explains unless ``rerank`` is False (as it should be for image queries). ``match_text``: the query's
         text, whose match each hit gets; ``min_match`` (needs it) keeps the hits matching at least that;
-        ``allowed``: the only ids that may be returned (from :meth:`_allowed`); ``exclude``: an id that may not."""
+        ``allowed``: the only ids that may be returned (from :meth:`_allowed`); ``exclude``: an id that may not;
+        ``with_text``: hits carry the text OCR read in them."""
         if top < 1:
             raise UsageError(f"must be at least 1 (got {top})", parameter="top")
         if min_match is not None and not 0.0 <= min_match <= 1.0:
@@ -353,13 +358,14 @@ class PhotoIndex:
             matches = self._matches(match_text, ids)
             if not (matches >= min_match).any():
                 closest = [int(np.argmax(matches))]
-                near_miss = self._hits(scores[closest], ids[closest], similarities[closest], matches[closest])[0]
+                near_miss = self._hits(scores[closest], ids[closest], similarities[closest], matches[closest],
+                                       with_text)[0]
             keep = matches >= min_match
             scores, ids, similarities, matches = scores[keep], ids[keep], similarities[keep], matches[keep]
         else:
             matches = self._matches(match_text, ids[:top])
         hits = [h for h in self._hits(scores[:top], ids[:top], similarities[:top],
-                                      None if matches is None else matches[:top])
+                                      None if matches is None else matches[:top], with_text)
                 if threshold is None or h.score >= threshold]
         return SearchResult(display_path(shown), hits, "similarity" if reference is None else "margin", near_miss)
 
@@ -406,13 +412,15 @@ class PhotoIndex:
         by_id = dict(zip(found.tolist(), TextMatch(self.encoder, text).probability(vectors)))
         return np.array([by_id.get(int(i), 0.0) for i in ids])
 
-    def _hits(self, scores, ids, similarities, matches) -> list[SearchHit]:
+    def _hits(self, scores, ids, similarities, matches, with_text: bool = False) -> list[SearchHit]:
         paths = self.store.paths(ids)
         metadata = self.store.metadata(ids)
         moments = self.store.moments(ids)
+        texts = self.store.texts(ids) if with_text else {}
         rows = zip(scores, ids, similarities, matches if matches is not None else [None] * len(ids))
         return [SearchHit(paths[int(i)], float(s), int(i), None if np.isnan(c) else float(c),
-                          None if m is None else float(m), metadata.get(int(i)), *moments.get(int(i), (None, None)))
+                          None if m is None else float(m), metadata.get(int(i)), *moments.get(int(i), (None, None)),
+                          texts.get(int(i)))
                 for s, i, c, m in rows if int(i) in paths]
 
     def dedupe(self, threshold: float = 0.95, neighbours: int = 10) -> list[DuplicateGroup]:

@@ -7,6 +7,10 @@ video's id and cannot name a file (it starts with a NUL byte). A scene row carri
 metadata, so filters and searches treat scenes like photos; the file-level methods (:meth:`rows`,
 moves, removals) deal with the video, and its scenes follow.
 
+The text an OCR engine read in each photo and scene (``cliplens index --ocr``) lives in an SQLite
+FTS5 table with a trigram tokenizer, ``file_text`` (rowid: the row's id; an empty text means "read,
+nothing found"), made the first time text is stored: an index without it has simply read none.
+
 SQLite is the source of truth; the FAISS index beside it is derived and can always be rebuilt. The
 database runs in WAL mode, so searches read while an indexing run writes, and every finished batch
 is one transaction: a killed run loses only the batch it was in. Each transaction bumps a
@@ -36,6 +40,7 @@ import numpy as np
 from ..errors import UsageError
 from ..files import display_path, writable
 from ..inputs.metadata import PhotoMetadata
+from ..inputs.ocr import normalised
 
 DB_FILE = "index.sqlite"
 SCHEMA_VERSION = 4  # 1: paths as text; 2: paths as the file system's bytes; 3: photo metadata; 4: videos
@@ -486,6 +491,7 @@ class IndexStore:
             if old[0][1]:
                 self.db.run("INSERT INTO removed VALUES (?, ?)", (old[0][0], gen))  # its old vector goes
             self._remove_scenes(old[0][0], gen)
+            self._forget_text(old[0][0])  # new content: its text is read again
         blob = None if row.vector is None else np.ascontiguousarray(row.vector, np.float32).tobytes()
         kind = VIDEO if row.scenes is not None else None
         values = (row.size, row.mtime_ns, row.sha256, row.width, row.height, row.error, blob, gen, now, kind,
@@ -504,7 +510,53 @@ class IndexStore:
 
     def _remove_scenes(self, video_id: int, gen: int) -> None:
         self.db.run("INSERT INTO removed SELECT id, ? FROM files WHERE parent = ?", (gen, video_id))
+        if self._has_texts():
+            self.db.run("DELETE FROM file_text WHERE rowid IN (SELECT id FROM files WHERE parent = ?)", (video_id,))
         self.db.run("DELETE FROM files WHERE parent = ?", (video_id,))
+
+    # --- text read in the images -------------------------------------------------------------------
+
+    def _has_texts(self) -> bool:
+        return bool(self.db.query("SELECT 1 FROM sqlite_master WHERE name = 'file_text'"))
+
+    def _forget_text(self, row_id: int) -> None:
+        if self._has_texts():
+            self.db.run("DELETE FROM file_text WHERE rowid = ?", (row_id,))
+
+    def unread_texts(self) -> list[tuple[int, str, float | None]]:
+        """(id, path, time) of the rows with a vector whose text was never read (a scene: its video's path and
+        start)."""
+        unread = "AND f.id NOT IN (SELECT rowid FROM file_text)" if self._has_texts() else ""
+        return [(i, _path(p), t) for i, p, t in self.db.query(
+            "SELECT f.id, coalesce(v.path, f.path), f.time FROM files AS f LEFT JOIN files AS v ON v.id = f.parent "
+            f"WHERE f.vector IS NOT NULL {unread} ORDER BY f.id")]
+
+    def set_texts(self, rows: Sequence[tuple[int, str]]) -> None:
+        """The text read in these rows' images ("" for none), in one transaction."""
+        if not rows:
+            return
+        with self.transaction():
+            self.db.run("CREATE VIRTUAL TABLE IF NOT EXISTS file_text USING fts5(text, norm, tokenize='trigram')")
+            self.db.run_many("DELETE FROM file_text WHERE rowid = ?", [(i,) for i, _ in rows])
+            self.db.run_many("INSERT INTO file_text (rowid, text, norm) VALUES (?, ?, ?)",
+                             [(i, text, normalised(text)) for i, text in rows])
+
+    def texts(self, ids: Iterable[int]) -> dict[int, str]:
+        """The text read in these rows' images, by id (rows never read are left out)."""
+        if not self._has_texts():
+            return {}
+        return dict(self._by_ids("SELECT rowid, text FROM file_text WHERE rowid IN ({marks})", ids))
+
+    def text_candidates(self, needle: str) -> list[tuple[int, str]]:
+        """(id, text) of the rows whose text shares a three-letter run with ``needle`` (normalised), the
+        candidates an approximate match is judged on; all rows with text when it is shorter than that."""
+        if not self._has_texts():
+            return []
+        if len(needle) < 3:
+            return self.db.query("SELECT rowid, text FROM file_text WHERE norm != ''")
+        grams = sorted({needle[i : i + 3] for i in range(len(needle) - 2)})
+        return self.db.query("SELECT rowid, text FROM file_text WHERE file_text MATCH ?",
+                             (" OR ".join(f'norm:"{g}"' for g in grams),))
 
     def _set_metadata(self, row_id: int, meta: PhotoMetadata) -> None:
         """A row's metadata (a video's scenes get it too)."""
@@ -544,6 +596,14 @@ class IndexStore:
             "SELECT id, coalesce((SELECT v.path FROM files AS v WHERE v.id = files.parent), path), taken, lat, lon "
             f"FROM files WHERE {where}{order}", params)]
 
+    def newest_first(self, ids: Iterable[int]) -> np.ndarray:
+        """Of these ids, those with a vector, newest first (as filters alone list them)."""
+        rows = self._by_ids("SELECT id, coalesce(taken, ''), coalesce(time, 0) FROM files WHERE vector IS NOT NULL "
+                            "AND id IN ({marks})", ids)
+        rows.sort(key=lambda r: (r[2], r[0]))
+        rows.sort(key=lambda r: r[1], reverse=True)
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
     def touch(self, updates: Sequence[tuple[int, int, int]]) -> None:
         """New (size, mtime) for rows whose content did not change: (id, size, mtime_ns)."""
         if updates:
@@ -557,6 +617,7 @@ class IndexStore:
             self.db.run("INSERT INTO removed VALUES (?, ?)", (found[0][0], gen))
             self.db.run("DELETE FROM files WHERE id = ?", (found[0][0],))
             self._remove_scenes(found[0][0], gen)
+            self._forget_text(found[0][0])
 
     def reset(self) -> None:
         """Forget every file and the model (for ``--reindex`` with another model)."""
@@ -564,6 +625,8 @@ class IndexStore:
             gen = self.generation + 1
             self.db.run("INSERT INTO removed SELECT id, ? FROM files", (gen,))
             self.db.run("DELETE FROM files")
+            if self._has_texts():
+                self.db.run("DELETE FROM file_text")
             for key in ("model", "model_fingerprint", "dim"):
                 self.db.run("DELETE FROM meta WHERE key = ?", (key,))
             self._set_meta("generation", str(gen))

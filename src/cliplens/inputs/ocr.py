@@ -186,3 +186,36 @@ def cover_image_text(image: Image.Image, parameter: str = "ignore_text") -> tupl
         return cover_text(image, read_text(image))
     except OcrUnavailable:
         raise UsageError(_NEEDS_EXTRA, parameter=parameter) from None
+
+
+def normalised(text: str) -> str:
+    """Text as the OCR search compares it: lower case, letters and digits only (OCR drops and adds spaces)."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def allowed_errors(needle: str) -> int:
+    """Character errors forgiven when searching for ``needle``: one per six characters (OCR misreads a letter
+    here and there), none below four."""
+    return len(needle) // 6 if len(needle) >= 4 else 0
+
+
+def text_contains(needle: str, haystack: str, errors: int | None = None) -> bool:
+    """Whether ``haystack`` holds ``needle`` with at most ``errors`` insertions, deletions or substitutions
+    (both :func:`normalised` first; default :func:`allowed_errors`): approximate substring matching (Sellers)."""
+    needle, haystack = normalised(needle), normalised(haystack)
+    if not needle:
+        return False
+    limit = allowed_errors(needle) if errors is None else errors
+    if needle in haystack:
+        return True
+    if limit == 0:
+        return False
+    previous = list(range(len(needle) + 1))  # cost of matching needle[:i] ending anywhere (free start)
+    for ch in haystack:
+        current = [0]
+        for i, wanted in enumerate(needle, 1):
+            current.append(min(previous[i] + 1, current[i - 1] + 1, previous[i - 1] + (ch != wanted)))
+        if current[-1] <= limit:
+            return True
+        previous = current
+    return False

@@ -141,7 +141,7 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         upload = uploads["image"][0] if uploads["image"] else None
         filters = SearchFilter(params.after, params.before, params.camera,
                                parse_position(params.near) if params.near else None, params.within_km,
-                               kind=params.kind)
+                               kind=params.kind, text=params.contains_text)
         return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters,
                                      params.like)
 

@@ -93,6 +93,8 @@ class SearchParams(_Strict):
                                                    "degrees.")
     within_km: Optional[float] = Field(None, gt=0, le=20037, description="How near, with near (default 1 km).")
     kind: Optional[Literal["photo", "video"]] = Field(None, description="Only photos, or only videos' scenes.")
+    contains_text: Optional[Text] = Field(None, description="Only photos whose text (read when the index was built "
+                                                            "with --ocr) contains these words (any case and spacing).")
     like: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="More like this indexed file: its id (as "
                                                                        "results give it); the file itself is left out.")
 
@@ -183,6 +185,7 @@ class SearchHitOut(BaseModel):
     kind: str = Field("photo", description="photo, or video: the hit is then the file and the moment (time).")
     time: Optional[float] = Field(None, description="A video's scene: when it starts, in seconds.")
     until: Optional[float] = Field(None, description="A video's scene: when it ends, in seconds.")
+    text: Optional[str] = Field(None, description="With contains_text: the text read in the photo.")
     score: float = Field(description="What the results are ranked by (see score_kind).")
     similarity: Optional[float] = Field(None, description="The file's cosine with the query (null for filters "
                                                           "alone).")

@@ -217,8 +217,8 @@ async function search(event, like = null) {
   await run(section, $("#search-run"), async () => {
     const query = like == null ? $("#search-query").value.trim() : "";
     const image = $("#search-image");
-    const filters = ["after", "before", "camera", "near", "within", "kind"]
-      .map((name) => [name === "within" ? "within_km" : name, $(`#search-${name}`).value.trim()])
+    const filters = ["after", "before", "camera", "near", "within", "kind", "contains-text"]
+      .map((name) => [name === "within" ? "within_km" : name.replace("-", "_"), $(`#search-${name}`).value.trim()])
       .filter(([, value]) => value);
     if (like == null && !query && !image.files.length && !filters.length) {
       throw new ApiProblem("Type a query, drop an example image, or say when, which camera or where.");
@@ -253,11 +253,13 @@ async function search(event, like = null) {
       img.src = await thumbnailURL(hit.thumbnail);
       const match = hit.match != null ? element("span", { class: "match" }, `match ${percent(hit.match)}`) : "";
       const taken = hit.taken ? element("span", { class: "match" }, hit.taken.slice(0, 10)) : "";
+      const words = hit.text ? element("span", { class: "match" }, `“${hit.text.replace(/\s+/g, " ")}”`) : "";
       const more = element("button", { type: "button", class: "more-like" }, "More like this");
       more.addEventListener("click", () => search(null, hit.id));  // by id: the page never names server files
       target.append(element("figure", { title: hit.path, "data-match": hit.match ?? "", "data-id": hit.id }, img,
         element("figcaption", {}, element("span", {}, name),
-          result.score_kind === "none" ? "" : element("span", { class: "score" }, hit.score.toFixed(3)), match, taken),
+          result.score_kind === "none" ? "" : element("span", { class: "score" }, hit.score.toFixed(3)), match, taken,
+          words),
         more));
     }
   });
