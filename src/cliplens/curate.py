@@ -147,11 +147,15 @@ class PairScore:
     caption: str
     clip_score: float
     ref_clip_score: float | None = None
+    text_covered: list[str] | None = None  # with ignore_text: the texts covered before encoding
 
     def to_dict(self) -> dict:
         row = {"path": self.path, "caption": self.caption, "clip_score": self.clip_score}
         if self.ref_clip_score is not None:
             row["ref_clip_score"] = self.ref_clip_score
+        if self.text_covered is not None:
+            row["text_covered"] = len(self.text_covered)
+            row["text_found"] = self.text_covered
         return row
 
 
@@ -178,11 +182,14 @@ class PairScores:
 
 def clip_scores(pairs: Sequence[Pair], model: Encoder | str | None = None, *, w: float = CLIPSCORE_W,
                 prefix: str = CLIPSCORE_PREFIX, batch_size: int | None = None, workers: int | None = None,
-                on_progress: ProgressFn | None = None) -> PairScores:
-    """CLIPScore per pair (and RefCLIPScore for pairs with reference captions); unreadable images are skipped."""
+                on_progress: ProgressFn | None = None, ignore_text: bool = False) -> PairScores:
+    """CLIPScore per pair (and RefCLIPScore for pairs with reference captions); unreadable images are skipped.
+    ``ignore_text`` covers the text an OCR engine finds in each image before it is encoded (the ``ocr`` extra)."""
     encoder = as_encoder(model)
-    embedded = embed_images([p.path for p in pairs], encoder, batch_size=batch_size, workers=workers,
-                            on_progress=on_progress)
+    cover = text_cover() if ignore_text else None
+    paths = [p.path for p in pairs]
+    embedded = embed_images(paths, encoder, batch_size=batch_size, workers=workers, on_progress=on_progress,
+                            transform=cover)
     kept = [pairs[i] for i in embedded.indices]
     if not kept:
         return PairScores(encoder.name, [], embedded.errors)
@@ -199,5 +206,6 @@ def clip_scores(pairs: Sequence[Pair], model: Encoder | str | None = None, *, w:
             start += len(pair.references)
             text_score = w * max(float(np.max(block @ captions[i])), 0.0)
             ref = 0.0 if scores[i] + text_score == 0 else float(2 * scores[i] * text_score / (scores[i] + text_score))
-        results.append(PairScore(display_path(pair.path), pair.caption, float(scores[i]), ref))
+        covered = None if cover is None else [r.text for r in cover.covered(pair.path)]
+        results.append(PairScore(display_path(pair.path), pair.caption, float(scores[i]), ref, covered))
     return PairScores(encoder.name, results, embedded.errors)

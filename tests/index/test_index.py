@@ -289,7 +289,7 @@ def test_cli_search_json_and_threshold(cli, built):
     assert data["score_kind"] == "margin" and data["near_miss"] is None  # the demo model ships a calibration
     assert len(data["results"]) == 4
     assert all(list(r) == ["path", "id", "kind", "time", "until", "score", "similarity", "match", "taken",
-                           "taken_source", "camera", "lat", "lon"] for r in data["results"])
+                           "taken_source", "camera", "lat", "lon", "text"] for r in data["results"])
     assert all((r["kind"], r["time"], r["until"]) == ("photo", None, None) for r in data["results"])
     assert all(r["taken_source"] == "file" and r["camera"] is None for r in data["results"])  # generated PNGs
     assert all(r["score"] < r["similarity"] for r in data["results"])  # the margin is below the cosine

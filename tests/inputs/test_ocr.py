@@ -108,3 +108,27 @@ def test_the_caption_guard_takes_the_ocr_evidence_and_ignore_text_recovers_the_p
     shows = lambda caption, s: s.scene.shape in caption.caption  # noqa: E731
     recovered = sum(shows(covering.caption(s.image), s) for s in samples)
     assert recovered > sum(shows(plain.caption(s.image), s) for s in samples) and recovered >= 6
+
+
+def test_score_ignore_text_writes_what_it_covered(tmp_path):
+    sample = next(s for s in generate(10, seed=44, size=224, words=1.0) if hijacked_label(s.scene) != s.scene.label)
+    sample.image.save(tmp_path / "a.png")
+    (tmp_path / "pairs.csv").write_text(f"path,caption\n{tmp_path / 'a.png'},a {sample.scene.label}\n")
+    proc = run_cli("score", tmp_path / "pairs.csv", "--model", "demo", "--ignore-text", "-o", tmp_path / "s.csv",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["results"][0]
+    assert row["text_covered"] == 1 and row["text_found"]
+    assert "text_found" in (tmp_path / "s.csv").read_text().splitlines()[0]
+
+
+def test_bench_typographic_json(tmp_path):
+    proc = run_cli("bench", "typographic", "-n", "12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert list(figures) == ["model", "runtime", "images", "clean_top1", "clean_ignore_text_top1", "attacked_top1",
+                             "attacked_ignore_text_top1", "contradicting", "word_wins", "word_wins_ignore_text",
+                             "attacked_with_text_found", "clean_with_text_found", "ocr_ms_per_image", "cpu"]
+    assert figures["images"] == 12 and 0 < figures["contradicting"] <= 12
+    assert figures["attacked_with_text_found"] >= 0.8 and figures["clean_with_text_found"] == 0.0
+    assert figures["attacked_ignore_text_top1"] >= figures["attacked_top1"] and figures["ocr_ms_per_image"] > 0

@@ -408,3 +408,17 @@ def test_classify_and_rank_can_ignore_the_text_in_the_image(client):
     ranked = client.post("/v1/rank", files={"images": ("a.png", image, "image/png")},
                          data={"prompt": sample.scene.label, "ignore_text": "true"}).json()
     assert ranked["results"][0]["text_covered"] == 1
+
+
+def test_caption_reads_or_ignores_the_text_in_the_image(client):
+    pytest.importorskip("rapidocr_onnxruntime")
+    sample = next(s for s in generate(10, seed=43, size=224, words=1.0))
+    image = png_bytes(sample.image)
+    read = client.post("/v1/caption", **_form(image, read_text="true")).json()
+    assert read["text_found"] and read["text_covered"] == 0
+    for labels in read["banks"].values():
+        assert all(c["typographic_suspect"] for c in labels if c["label"] == sample.scene.word)
+    covered = client.post("/v1/caption", **_form(image, ignore_text="true")).json()
+    assert covered["text_covered"] == len(covered["text_found"]) >= 1
+    plain = client.post("/v1/caption", **_form(image)).json()
+    assert plain.get("text_found") is None

@@ -227,9 +227,11 @@ class Captioner:
         return " ".join(s for s in sentences if s)
 
     def caption_vector(self, vector: np.ndarray, name: str = "", *, refine: bool = False,
-                       refine_seconds: float = 2.0, written: Sequence[str] | None = None) -> Caption:
+                       refine_seconds: float = 2.0, written: Sequence[str] | None = None,
+                       covered: bool | None = None) -> Caption:
         """The caption of one already-embedded image (an L2-normalised vector). ``written``: the text an OCR
-        engine read in the image; a label written there is a typographic suspect whatever the model reads."""
+        engine read in the image; a label written there is a typographic suspect whatever the model reads;
+        ``covered``: whether that text was covered before encoding (default: this captioner's ignore_text)."""
         vector = np.asarray(vector, np.float32).reshape(-1)
         reference_sims = self._reference_vectors @ vector
         best = float(reference_sims.max())
@@ -250,7 +252,7 @@ class Captioner:
         if refine:
             chosen = self._refine(vector, chosen, pools, time.monotonic() + refine_seconds)
         return Caption(name, self.compose(chosen), chosen, outside if self.open_set.available else None,
-                       None if written is None else list(written), self.ignore_text)
+                       None if written is None else list(written), self.ignore_text if covered is None else covered)
 
     # --- refinement ----------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ def score(pairs: Path = typer.Argument(..., help="CSV or JSONL with path, captio
           no_prefix: bool = typer.Option(False, "--no-prefix",
                                          help="Embed captions as they are, without CLIPScore's 'A photo depicts ' "
                                               "prefix."),
+          ignore_text: bool = IgnoreTextOpt,
           overwrite: bool = OverwriteOpt, batch_size: Optional[int] = BatchOpt, workers: Optional[int] = WorkersOpt,
           model: Optional[str] = ModelOpt, device: Optional[str] = DeviceOpt, backend: Optional[str] = BackendOpt,
           precision: Optional[str] = PrecisionOpt, as_json: bool = JsonOpt) -> None:
@@ -79,7 +80,8 @@ def score(pairs: Path = typer.Argument(..., help="CSV or JSONL with path, captio
     with progress("scoring") as bar:
         task = bar.add_task("scoring", total=len(rows), rate="")
         result = cliplens.clip_scores(rows, encoder, **({"prefix": ""} if no_prefix else {}), batch_size=batch_size,
-                                      workers=workers, on_progress=rate_updater(bar, task, "img"))
+                                      workers=workers, on_progress=rate_updater(bar, task, "img"),
+                                      ignore_text=ignore_text)
     report_skipped(result.errors)
     if output is not None:
         _write_scores(output, result.results)
@@ -100,7 +102,12 @@ def _write_scores(output: Path, results) -> None:
             for row in results:
                 fh.write(json.dumps(row.to_dict()) + "\n")
         else:
-            writer = csv.DictWriter(fh, fieldnames=["path", "caption", "clip_score", "ref_clip_score"])
+            covered = any(r.text_covered is not None for r in results)
+            writer = csv.DictWriter(fh, fieldnames=["path", "caption", "clip_score", "ref_clip_score"]
+                                    + (["text_covered", "text_found"] if covered else []))
             writer.writeheader()
             for row in results:
-                writer.writerow(row.to_dict())
+                data = row.to_dict()
+                if "text_found" in data:
+                    data["text_found"] = " | ".join(data["text_found"])
+                writer.writerow(data)

@@ -66,7 +66,7 @@ class SearchHit:
         return {"path": display_path(self.path), "id": self.id, "kind": self.kind, "time": self.time,
                 "until": self.until, "score": self.score, "similarity": self.similarity, "match": self.match,
                 "taken": meta.taken, "taken_source": meta.taken_source, "camera": meta.camera, "lat": meta.lat,
-                "lon": meta.lon} | ({} if self.text is None else {"text": self.text})
+                "lon": meta.lon, "text": self.text}
 
 
 def clock(seconds: float) -> str:

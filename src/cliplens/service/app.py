@@ -111,7 +111,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
         """A caption for a chatbot from label banks, and the labels behind it per bank."""
         params, uploads = await read_body(request, schemas.CaptionParams, schemas.CaptionJson,
                                           image_fields=("image",), max_images=1)
-        return await engine().caption(_one(uploads, "image"), params.banks, params.keep_typographic)
+        return await engine().caption(_one(uploads, "image"), params.banks, params.keep_typographic,
+                                      params.read_text, params.ignore_text)
 
     @app.post("/v1/rank", response_model=schemas.RankingOut, responses=ERRORS,
               openapi_extra=_body_doc(schemas.RankParams, schemas.RankJson, {"images": True}))

@@ -83,23 +83,28 @@ class Engine:
 
     # --- shared steps ---------------------------------------------------------------------------------
 
-    def _prepare(self, upload: Upload, ignore_text: bool = False) -> tuple[Any, list[str]]:
+    def _prepare(self, upload: Upload, text: str | None = None) -> tuple[Any, list[str]]:
+        """The model's input for an upload and, with ``text`` "read" or "cover", the text read in it (covered
+        before encoding with "cover")."""
         try:
             image = load_image(upload.data, draft_size=self.encoder.draft_size, pixel_limit=self.config.max_pixels)
-            covered = []
-            if ignore_text:
-                image, regions = cover_image_text(image)
-                covered = [r.text for r in regions]
-            return self.encoder.prepare(image), covered
+            found = []
+            if text is not None:
+                covered, regions = cover_image_text(image, "ignore_text" if text == "cover" else "read_text")
+                image = covered if text == "cover" else image
+                found = [r.text for r in regions]
+            return self.encoder.prepare(image), found
         except CliplensError as exc:  # a broken image is 422 with its reason, named as the client named it
             raise from_library(exc, upload.name) from None
 
-    async def embed_uploads(self, uploads: Sequence[Upload], texts: list | None = None) -> np.ndarray:
+    async def embed_uploads(self, uploads: Sequence[Upload], texts: list | None = None, *,
+                            cover: bool = True) -> np.ndarray:
         """Decode the uploads (in parallel threads), then encode them in a merged batch. Given a list in ``texts``,
-        the text in each image is covered first, and the texts covered are appended to it (one list per upload)."""
+        the text in each image is read (and covered first, unless ``cover`` is False), and the texts found are
+        appended to it (one list per upload)."""
+        mode = None if texts is None else "cover" if cover else "read"
         with self.worker.expecting():  # until queued, so a batch forming now waits for these images
-            prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, u, texts is not None)
-                                              for u in uploads))
+            prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, u, mode) for u in uploads))
             encoded = self.worker.submit_images([pixels for pixels, _ in prepared])
         if texts is not None:
             texts += [covered for _, covered in prepared]
@@ -164,10 +169,13 @@ class Engine:
                 lambda: Captioner(self.encoder, names or None, keep_typographic=keep_typographic)))
         return found
 
-    async def caption(self, upload: Upload, banks: Sequence[str] | None, keep_typographic: bool) -> dict:
+    async def caption(self, upload: Upload, banks: Sequence[str] | None, keep_typographic: bool,
+                      read_text: bool = False, ignore_text: bool = False) -> dict:
         captioner = await self.captioner(banks, keep_typographic)
-        vectors = await self.embed_uploads([upload])
-        caption = await self._model_call(lambda: captioner.caption_vector(vectors[0], upload.name))
+        texts: list | None = [] if read_text or ignore_text else None
+        vectors = await self.embed_uploads([upload], texts, cover=ignore_text)
+        caption = await self._model_call(lambda: captioner.caption_vector(
+            vectors[0], upload.name, written=None if texts is None else texts[0], covered=ignore_text))
         return caption.to_dict()
 
     async def rank(self, uploads: Sequence[Upload], prompt: str, negative: Sequence[str], top: int | None,

@@ -49,6 +49,9 @@ class CaptionParams(_Strict):
     banks: Optional[list[Text]] = Field(None, max_length=MAX_BANKS,
                                         description="Built-in bank names (default: the model's banks).")
     keep_typographic: bool = Field(False, description="Keep labels that look read from text in the image.")
+    read_text: bool = Field(False, description="Read the text in the image with an OCR engine: a label written "
+                                               "there is a typographic suspect (needs the ocr extra).")
+    ignore_text: bool = Field(False, description="Also cover that text before encoding the image.")
 
 
 class CaptionJson(CaptionParams):
@@ -146,6 +149,8 @@ class CaptionOut(BaseModel):
         None, description="How likely the image is from outside the model's calibrated world; when it is, the "
                           "banks' labels are not vouched for and the caption is empty.")
     banks: dict[str, list[CaptionLabelOut]]
+    text_found: Optional[list[str]] = Field(None, description="With read_text or ignore_text: the text read.")
+    text_covered: Optional[int] = Field(None, description="With ignore_text: how many text regions were covered.")
 
 
 SCORE_KIND = ("What the scores are: 'similarity' (cosine with the query) or 'margin' (that cosine less the "

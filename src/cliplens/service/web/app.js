@@ -192,7 +192,15 @@ async function caption(event) {
     form.append("image", input.files[0]);
     for (const bank of $("#caption-banks").value.split(",").map((b) => b.trim()).filter(Boolean)) form.append("banks", bank);
     form.append("keep_typographic", $("#caption-typographic").checked ? "true" : "false");
-    renderCaption(await api("/v1/caption", form));
+    form.append("read_text", $("#caption-read-text").checked ? "true" : "false");
+    form.append("ignore_text", $("#caption-ignore-text").checked ? "true" : "false");
+    const result = await api("/v1/caption", form);
+    renderCaption(result);
+    if (result.text_found != null) {
+      $("#caption-results").append(element("p", { class: "muted" }, result.text_found.length
+        ? `Text in the image${result.text_covered ? " (covered before captioning)" : ""}: ` +
+          result.text_found.map((t) => `“${t}”`).join(", ") : "No text found in the image."));
+    }
   });
 }
 
