@@ -21,6 +21,7 @@ from . import schemas
 from .config import ServiceConfig
 from .engine import Engine
 from .errors import ApiError, install_error_handlers
+from . import openai_api
 from .inputs import read_body
 from .metrics import ServiceMetrics
 from .middleware import (OPEN_PATHS, ApiKeyMiddleware, HostMiddleware, MetricsMiddleware, TimeoutMiddleware,
@@ -145,6 +146,8 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
                                kind=params.kind, text=params.contains_text)
         return await engine().search(params.query, upload, params.top, params.threshold, params.min_match, filters,
                                      params.like)
+
+    openai_api.register(app, engine, max_images, schemas.MAX_TEXTS)
 
     @app.get("/v1/thumbnails/{file_id}", responses={200: {"content": {"image/jpeg": {}}},
                                                      404: ERRORS[400] | {"description": "No such file"}})

@@ -11,6 +11,7 @@ import secrets
 import time
 
 from .errors import BodyTooLarge
+from .openai_api import PATH as OPENAI_PATH, openai_error_body
 from .metrics import ServiceMetrics
 
 OPEN_PATHS = ("/healthz", "/", "/openapi.json", "/docs", "/favicon.ico")  # no key needed (the page asks for it)
@@ -18,8 +19,9 @@ OPEN_PREFIXES = ("/static/", "/docs/")
 DRAIN_LIMIT = 64 * 1024 * 1024  # an oversized body up to this much more is read and dropped before the 413
 
 
-async def send_error(send, status: int, kind: str, message: str, headers: list | None = None) -> None:
-    body = json.dumps({"error": kind, "message": message}).encode()
+async def send_error(send, status: int, kind: str, message: str, headers: list | None = None,
+                     body: bytes | None = None) -> None:
+    body = body if body is not None else json.dumps({"error": kind, "message": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -84,7 +86,8 @@ class ApiKeyMiddleware:
             message = "this service needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
             if sent is not None:
                 message = "the API key sent is not this service's key"
-            return await send_error(send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")])
+            openai = openai_error_body(401, message) if path == OPENAI_PATH else None  # the shape its clients read
+            return await send_error(send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")], openai)
         await self.app(scope, receive, send)
 
 
