@@ -10,12 +10,12 @@ from __future__ import annotations
 import typer
 
 import cliplens
-from cliplens.cli import (bench, caption, classify, curate, dream, embed, evaluate, index, models, serve,
+from cliplens.cli import (agents, bench, caption, classify, curate, dream, embed, evaluate, index, models, serve,
                           training)
 from cliplens.cli.common import new_app, state
 
 app = new_app("CLIP-family image–text models: classify, caption, search, rank, evaluate, train and more.")
-for module in (classify, caption, index, curate, embed, evaluate, dream, serve, training, models, bench):
+for module in (classify, caption, index, curate, embed, evaluate, dream, serve, agents, training, models, bench):
     module.register(app)
 
 
