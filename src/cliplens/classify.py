@@ -72,6 +72,20 @@ class Classification:
     def is_none_of_these(self) -> bool:
         return self.none_of_these >= NONE_THRESHOLD
 
+    def _repr_html_(self) -> str:
+        """Sorted bars, and the none-of-these line (how a notebook shows a classification)."""
+        from html import escape
+
+        bars = "".join(
+            f'<tr><td style="text-align:left">{escape(s.label)}</td><td style="width:240px"><div style="background:'
+            f'#4a7ebb;height:12px;width:{100 * s.probability:.1f}%"></div></td><td>{100 * s.probability:.1f}%</td></tr>'
+            for s in self.labels)
+        none = (f"<b>none of these: {100 * self.none_of_these:.1f}%</b>" if self.is_none_of_these
+                else f"none of these: {100 * self.none_of_these:.1f}%")
+        looks = f" (it looks more like: {escape(self.looks_like)})" if self.is_none_of_these and self.looks_like else ""
+        return (f'<div class="cliplens-classification"><div>{escape(self.image)} · {escape(self.model)}</div>'
+                f"<table>{bars}</table><div>{none}{looks}</div></div>")
+
     def to_dict(self) -> dict:
         """The JSON form (``--json`` and the HTTP API): image, model, labels (label, probability, similarity),
         none_of_these with its parts (no_label_fits, out_of_distribution), looks_like (and prediction_set when

@@ -23,6 +23,7 @@ from .errors import ImageLoadError, UsageError
 from .files import atomic_path, display_path
 from .inputs.images import ImageSource
 from .inputs.ocr import text_cover
+from .inputs.thumbnails import figure_html, thumbnail_uri
 from .inputs.pairs import Pair
 from .models import Encoder, as_encoder
 from .text.reference import reference_best, reranking_vocabulary
@@ -56,6 +57,15 @@ class Ranking:
     results: list[Scored]
     errors: list[ImageLoadError] = field(default_factory=list)
     score_kind: str = "similarity"
+
+    def _repr_html_(self) -> str:
+        """A thumbnail grid, best first, with the scores (how a notebook shows a ranking)."""
+        from html import escape
+
+        cells = "".join(figure_html(thumbnail_uri(r.path), os.path.basename(str(r.path)),
+                                    [f"#{n} score {r.score:.3f}"]) for n, r in enumerate(self.results, 1))
+        return (f'<div class="cliplens-ranking"><div>{escape(self.prompt)} ({escape(self.score_kind)})</div>'
+                f"{cells}</div>")
 
     def to_dict(self) -> dict:
         """The JSON form (``--json`` and the HTTP API)."""

@@ -64,6 +64,18 @@ class Caption:
     text_found: list[str] | None = None  # with read_text or ignore_text: the text the OCR engine read
     text_covered: bool = False  # with ignore_text: that text was covered before the image was encoded
 
+    def _repr_html_(self) -> str:
+        """The sentence, and each bank's labels as chips (how a notebook shows a caption)."""
+        from html import escape
+
+        banks = "".join(
+            f"<div><b>{escape(name)}</b>: " + ("".join(
+                f'<span style="display:inline-block;margin:2px;padding:1px 6px;border-radius:8px;background:'
+                f'{"#f4d6d6" if c.typographic_suspect else "#dde8f5"}">{escape(c.label)} {c.score:.0%}'
+                f'{" (text?)" if c.typographic_suspect else ""}</span>' for c in labels) or "nothing fits") + "</div>"
+            for name, labels in self.banks.items())
+        return (f'<div class="cliplens-caption"><p>{escape(self.caption) or "(no caption)"}</p>{banks}</div>')
+
     def llm(self) -> str:
         """The line to put in a chat: ``[Image Attached: Image with a sheep in it. This is a photo.]``."""
         return f"[{LLM_PREFIX}: {self.caption}]" if self.caption else f"[{LLM_PREFIX}]"

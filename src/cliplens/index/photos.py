@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UsageError
 from ..files import display_path
 from ..inputs.images import IMAGE_EXTENSIONS
+from ..inputs.thumbnails import figure_html, thumbnail_uri
 from ..models import Encoder, l2_normalize, load_model, resolve_model_dir
 from ..models.keys import checkpoint_key
 from ..text.match import TextMatch
@@ -86,6 +87,23 @@ class SearchResult:
     hits: list[SearchHit] = field(default_factory=list)
     score_kind: str = "similarity"
     near_miss: SearchHit | None = None  # with a minimum match that nothing met: the candidate that came closest
+
+    def _repr_html_(self) -> str:
+        """A thumbnail grid with scores and match probabilities (how a notebook shows a search)."""
+        from html import escape
+
+        cells = []
+        for hit in self.hits:
+            lines = [] if self.score_kind == "none" else [f"score {hit.score:.3f}"]
+            if hit.match is not None:
+                lines.append(f"match {hit.match:.0%}")
+            if hit.meta is not None and hit.meta.taken:
+                lines.append(hit.meta.taken[:10])
+            name = os.path.basename(hit.path) + ("" if hit.time is None else f" @ {clock(hit.time)}")
+            cells.append(figure_html(thumbnail_uri(hit.path, time=hit.time), name, lines))
+        empty = "" if self.hits else "<div>no results</div>"
+        return (f'<div class="cliplens-search"><div>{escape(self.query)} ({escape(self.score_kind)})</div>{empty}'
+                f"{''.join(cells)}</div>")
 
     def to_dict(self) -> dict:
         """The JSON form (``--json``; the HTTP API adds each hit's thumbnail URL)."""
