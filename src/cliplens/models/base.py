@@ -25,7 +25,7 @@ class ModelInfo:
 
     name: str
     path: str
-    family: str  # "clip", "siglip", "siglip2"
+    family: str  # "clip", "siglip", "siglip2", "chinese_clip", "altclip", "metaclip_2"
     embed_dim: int
     context_length: int
     score_kind: ScoreKind

@@ -27,6 +27,7 @@ import numpy as np
 from ..files import atomic_folder, atomic_path, atomic_write_json
 from ..inputs.wordlists import imagenet_classes
 from .base import StatusFn
+from .hf import MASKED_TEXT, PADDED_TO_CONTEXT
 from .onnx_layout import (
     EXPORT_FORMAT,
     ONNX_PRECISIONS,
@@ -142,8 +143,8 @@ def _save_tokenizer(encoder, folder: Path) -> dict:
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         "pad_token": tokenizer.pad_token or "",
         "unk_token_id": tokenizer.unk_token_id,
-        "pad_to_context": encoder.family in ("siglip", "siglip2"),
-        "uses_attention_mask": encoder.family == "clip",
+        "pad_to_context": encoder.family in PADDED_TO_CONTEXT,
+        "uses_attention_mask": encoder.family in MASKED_TEXT,
     }
 
 
@@ -206,7 +207,7 @@ def _export_tower(encoder, tower: str, folder: Path) -> None:
     else:
         ids, mask = encoder.token_ids(["a photo of a dog.", "a"])
         tokens = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if encoder.family == "clip":
+        if encoder.family in MASKED_TEXT:
             seq = torch.export.Dim("sequence", min=2, max=encoder.context_length)
             args = (tokens["input_ids"], tokens["attention_mask"])
             names, shapes = ["input_ids", "attention_mask"], {"input_ids": {0: batch, 1: seq},
@@ -214,7 +215,7 @@ def _export_tower(encoder, tower: str, folder: Path) -> None:
         else:
             args = (tokens["input_ids"],)
             names, shapes = ["input_ids"], {"input_ids": {0: batch}}
-    module = _tower_module(encoder.model, tower, tower == "text" and encoder.family == "clip")
+    module = _tower_module(encoder.model, tower, tower == "text" and encoder.family in MASKED_TEXT)
     path = tower_file(folder, tower, "fp32")
     try:
         with quiet_logs():

@@ -1,4 +1,11 @@
-"""The transformers (PyTorch) backend: CLIP, SigLIP and SigLIP 2 checkpoints in Hugging Face format."""
+"""The transformers (PyTorch) backend: CLIP, SigLIP, SigLIP 2, Chinese-CLIP, AltCLIP and MetaCLIP 2 checkpoints in
+Hugging Face format.
+
+The multilingual families differ only in their text towers: Chinese-CLIP's is a BERT (Chinese vocabulary),
+AltCLIP's an XLM-R (its positions start after the padding index, so its context is that much shorter than
+its position table) and MetaCLIP 2's a CLIP text tower with a worldwide vocabulary; each reads padded text
+with an attention mask, as CLIP does, and SigLIP does not.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,11 @@ from .base import Encoder, ModelInfo, empty_vectors, l2_normalize, warn_truncate
 from .preprocess import ImagePreprocessor
 from .registry import read_model_config
 
-SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2"}
+SUPPORTED_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip2", "chinese_clip": "chinese_clip",
+                   "altclip": "altclip", "metaclip_2": "metaclip_2"}
+#: families whose text towers read padded text with an attention mask (SigLIP's pad to the full context instead)
+MASKED_TEXT = frozenset({"clip", "chinese_clip", "altclip", "metaclip_2"})
+PADDED_TO_CONTEXT = frozenset({"siglip", "siglip2"})
 
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
@@ -88,7 +99,8 @@ class TransformersEncoder(Encoder):
         path = Path(path)
         model_type = read_model_config(path).get("model_type", "")
         if model_type not in SUPPORTED_TYPES:
-            raise ModelLoadError(f"model type {model_type!r} is not a CLIP, SigLIP or SigLIP 2 model",
+            raise ModelLoadError(f"model type {model_type!r} is not a CLIP, SigLIP, SigLIP 2, Chinese-CLIP, AltCLIP or "
+                                 "MetaCLIP 2 model",
                                  value=str(name or path), parameter="model")
         self.device = pick_device(device)
         if precision not in self.PRECISIONS:
@@ -114,6 +126,11 @@ class TransformersEncoder(Encoder):
         self.family = SUPPORTED_TYPES[model_type]
         config = self.model.config
         self.context_length = int(getattr(config.text_config, "max_position_embeddings", 77))
+        if self.family == "altclip":  # RoBERTa-style positions start after the padding index
+            self.context_length -= int(getattr(config.text_config, "pad_token_id", 1) or 0) + 1
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < self.context_length:
+            self.context_length = limit
         self._naflex: NaflexPreparer | None = None
         if self.family == "siglip2":
             from transformers.models.siglip2.image_processing_pil_siglip2 import (
@@ -122,12 +139,13 @@ class TransformersEncoder(Encoder):
 
             self._naflex = NaflexPreparer(Siglip2ImageProcessorPil.from_pretrained(path))
         self.preprocessor = ImagePreprocessor.from_pretrained(path)
-        sigmoid = self.family in ("siglip", "siglip2")
+        sigmoid = self.family in PADDED_TO_CONTEXT
         self.info = ModelInfo(
             name=name or str(path),
             path=str(path),
             family=self.family,
-            embed_dim=int(getattr(config, "projection_dim", None) or config.text_config.hidden_size),
+            embed_dim=int(getattr(config, "projection_dim", None) or getattr(config.text_config, "project_dim", None)
+                      or config.text_config.hidden_size),
             context_length=self.context_length,
             score_kind="sigmoid" if sigmoid else "softmax",
             logit_scale=scale,
@@ -196,7 +214,7 @@ class TransformersEncoder(Encoder):
         """Token ids and mask as torch tensors, as the model was trained (SigLIP pads to its full context)."""
         lengths = [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
         warn_truncated([text for text, n in zip(texts, lengths) if n > self.context_length], self.context_length)
-        padding = "max_length" if self.family in ("siglip", "siglip2") else True
+        padding = "max_length" if self.family in PADDED_TO_CONTEXT else True
         return self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.context_length,
                               return_tensors="pt")
 
@@ -205,7 +223,7 @@ class TransformersEncoder(Encoder):
 
         tokens = self.tokenize(texts)
         inputs = {"input_ids": tokens["input_ids"].to(self.device)}
-        if self.family == "clip" and "attention_mask" in tokens:
+        if self.family in MASKED_TEXT and "attention_mask" in tokens:
             inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
         with torch.inference_mode():
             return _features(self.model.get_text_features(**inputs)).float().cpu().numpy()
