@@ -25,6 +25,13 @@ ALIASES: dict[str, str] = {
     "siglip-so400m": "google/siglip-so400m-patch14-384",
     "siglip2-b16": "google/siglip2-base-patch16-224",
     "siglip2-b16-naflex": "google/siglip2-base-patch16-naflex",
+    # multilingual: SigLIP's, Chinese-CLIP (BERT over Chinese), AltCLIP (XLM-R), MetaCLIP 2 (worldwide)
+    "siglip-b16-multilingual": "google/siglip-base-patch16-256-multilingual",
+    "chinese-clip-b16": "OFA-Sys/chinese-clip-vit-base-patch16",
+    "chinese-clip-l14": "OFA-Sys/chinese-clip-vit-large-patch14",
+    "altclip": "BAAI/AltCLIP",
+    "altclip-m9": "BAAI/AltCLIP-m9",
+    "metaclip2-h14": "facebook/metaclip-2-worldwide-huge-quickgelu",
 }
 
 # Files a checkpoint needs; weights are chosen separately so that only one format is fetched.
