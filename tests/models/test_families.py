@@ -110,3 +110,7 @@ def test_the_commands_work_with_each_family(family, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("search", "a red circle", "--index", tmp_path / "index", "--backend", "torch", "--json")
     assert proc.returncode == 0 and len(json.loads(proc.stdout)["results"]) == 1, proc.stderr
+    proc = run_cli("caption", image, "--model", path, "--backend", "torch", "--banks", "demo_shapes,colours", "--json")
+    assert proc.returncode == 0 and "llm" in json.loads(proc.stdout), proc.stderr
+    proc = run_cli("dream", "a red circle", "--model", path, "--steps", "3", "--out", tmp_path / "dream.png")
+    assert proc.returncode == 0 and Image.open(tmp_path / "dream.png").size[0] > 0, proc.stderr

@@ -237,7 +237,6 @@ def bench_index(n: int = typer.Option(200, "-n", callback=at_least(1), help="How
     The photos are the generated 3000×2000 JPEGs with a camera's EXIF block; each round indexes them into a
     fresh index both ways, alternating, and each way keeps its best round."""
     from cliplens.bench.library import index_metadata_benchmark, photos_with_exif
-    from cliplens.bench.machine import cpu_features, describe_cpu
 
     name, folder, note = _bench_model(model)
     paths = _photos(None, n)
@@ -247,14 +246,22 @@ def bench_index(n: int = typer.Option(200, "-n", callback=at_least(1), help="How
         photos = photos_with_exif(paths)
         result = index_metadata_benchmark(photos, encoder, rounds=rounds, on_status=status.update)
     runtime = f"{encoder.info.backend} {encoder.info.precision}"
+    _report_library(name, runtime, {**result.to_dict(), "target_ratio": 0.95}, as_json, lines, note,
+                    f"indexing with metadata     {result.with_metadata_per_s:6.2f} images/s\n"
+                    f"indexing without metadata  {result.without_metadata_per_s:6.2f} images/s\n"
+                    f"ratio                      {result.ratio:6.3f}  (target ≥ 0.95; {result.images} photos, best "
+                    f"of {rounds} rounds, {runtime}, {_machine()})")
+
+
+def _report_library(model: str, runtime: str, figures: dict, as_json: bool, lines, note: str, text: str) -> None:
+    """Print a photo-library benchmark: ``text`` and the runtime lines, or its JSON with the model, runtime and CPU."""
+    from cliplens.bench.machine import cpu_features, describe_cpu
+
     if as_json:
-        emit_json({"model": name, "runtime": runtime, **result.to_dict(), "target_ratio": 0.95,
-                   "cpu": describe_cpu(), "cpu_features": list(cpu_features())})
+        emit_json({"model": model, "runtime": runtime, **figures, "cpu": describe_cpu(),
+                   "cpu_features": list(cpu_features())})
         return
-    out.print(f"indexing with metadata     {result.with_metadata_per_s:6.2f} images/s\n"
-              f"indexing without metadata  {result.without_metadata_per_s:6.2f} images/s\n"
-              f"ratio                      {result.ratio:6.3f}  (target ≥ 0.95; {result.images} photos, best of "
-              f"{rounds} rounds, {runtime}, {_machine()})", highlight=False)
+    out.print(text, highlight=False)
     for line in lines:
         out.print(line, highlight=False)
     if note:
@@ -267,7 +274,6 @@ def bench_video(seconds: int = typer.Option(60, "--seconds", callback=at_least(1
     """How many times real time a 1080p30 H.264 film indexes (frames sampled about once a second and at each
     cut, one vector per scene); the film is generated once."""
     from cliplens.bench.library import bench_video as film, video_benchmark
-    from cliplens.bench.machine import cpu_features, describe_cpu
 
     name, folder, note = _bench_model(model)
     encoder, figures, lines = _timed_encoder(name, folder, model, backend, precision, "rankings")
@@ -276,19 +282,13 @@ def bench_video(seconds: int = typer.Option(60, "--seconds", callback=at_least(1
         path = film(seconds, on_status=status.update)
         result = video_benchmark(path, encoder, on_status=status.update)
     runtime = f"{encoder.info.backend} {encoder.info.precision}"
-    if as_json:
-        emit_json({"model": name, "runtime": runtime, **result.to_dict(), "target_realtime": 5.0,
-                   "cpu": describe_cpu(), "cpu_features": list(cpu_features())})
-        return
-    out.print(f"film               {result.seconds_of_video:.0f} s of {result.width}×{result.height} at {result.fps} fps, "
-              f"H.264 {result.bitrate_mbps:.1f} Mbit/s: {result.samples} frames sampled, {result.scenes} scenes\n"
-              f"decode and sample {result.decode_s:6.1f} s  {result.decode_realtime:5.1f}× real time\n"
-              f"index (with model) {result.index_s:5.1f} s  {result.index_realtime:5.1f}× real time  "
-              f"(target ≥ 5×; {runtime}, {_machine()})", highlight=False)
-    for line in lines:
-        out.print(line, highlight=False)
-    if note:
-        err.print(note, highlight=False)
+    _report_library(name, runtime, {**result.to_dict(), "target_realtime": 5.0}, as_json, lines, note,
+                    f"film               {result.seconds_of_video:.0f} s of {result.width}×{result.height} at "
+                    f"{result.fps} fps, H.264 {result.bitrate_mbps:.1f} Mbit/s: {result.samples} frames sampled, "
+                    f"{result.scenes} scenes\n"
+                    f"decode and sample {result.decode_s:6.1f} s  {result.decode_realtime:5.1f}× real time\n"
+                    f"index (with model) {result.index_s:5.1f} s  {result.index_realtime:5.1f}× real time  "
+                    f"(target ≥ 5×; {runtime}, {_machine()})")
 
 
 def bench_typographic(images: int = typer.Option(300, "-n", callback=at_least(1), help="Images per set (attacked, clean)."),
