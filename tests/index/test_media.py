@@ -9,6 +9,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -222,3 +223,14 @@ def test_sigkill_mid_run_leaves_each_video_whole_or_absent(tmp_path):
     rerun = update_index([folder], index)
     assert (rerun.encoded, rerun.unchanged, rerun.failed) == (30 - len(survived), len(survived), 0)
     assert scenes_per_video() == [3] * 30
+
+
+def test_export_names_a_videos_scenes_by_media_fragments(library, tmp_path):
+    pd = pytest.importorskip("pandas")
+    _, index, _ = library
+    proc = run_cli("index", "--export", tmp_path / "out", "--index", index)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(Path(p).name for p in pd.read_parquet(tmp_path / "out" / "metadata" / "metadata_0.parquet")
+                   ["image_path"])
+    assert names == ["clip.mp4#t=0", "clip.mp4#t=3", "clip.mp4#t=6", "raw.dng", "star.jpg"]
+    assert np.load(tmp_path / "out" / "img_emb" / "img_emb_0.npy").shape[0] == 5

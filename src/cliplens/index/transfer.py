@@ -24,14 +24,18 @@ IMPORT_BATCH = 5000
 
 
 def export_embeddings(store: IndexStore, out: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Write every vector of the index with its path, width and height; returns the files written."""
+    """Write every vector of the index with its path, width and height; returns the files written. A video's
+    scene is named by its video and a media fragment of its start, ``clip.mp4#t=83``."""
     bound = store.model
     if bound is None:
         raise UsageError("the index is empty, nothing to export", value=display_path(store.folder), parameter="index")
-    rows = {row.id: row for row in store.rows().values() if row.has_vector}
+    rows = store.rows()
     ids, vectors = store.vectors()
-    result = ImageEmbeddings(vectors, [rows[int(i)].path for i in ids],
-                             [(rows[int(i)].width or 0, rows[int(i)].height or 0) for i in ids], [], bound.name)
+    paths, moments = store.paths(ids), store.moments(ids)
+    files = [rows[paths[int(i)]] for i in ids]  # a video's scene: its video's row
+    names = [paths[int(i)] + (f"#t={moments[int(i)][0]:g}" if int(i) in moments else "")  # a media fragment
+             for i in ids]
+    result = ImageEmbeddings(vectors, names, [(f.width or 0, f.height or 0) for f in files], [], bound.name)
     return write_image_embeddings(result, out, overwrite=overwrite)
 
 
