@@ -288,6 +288,7 @@ async function rank(event) {
     form.append("prompt", prompt);
     const negative = $("#rank-negative").value.trim();
     if (negative) form.append("negative", negative);
+    form.append("ignore_text", $("#rank-ignore-text").checked ? "true" : "false");
     for (const file of files) form.append("images", file);
     const result = await api("/v1/rank", form);
     const target = $("#rank-results");
