@@ -63,13 +63,9 @@ def test_errors_come_back_as_the_clients_exceptions(live):
         client.embeddings.create(model="demo", input="x", dimensions=8)
 
 
-def test_a_service_without_a_key_takes_any(demo_model):
-    from fastapi.testclient import TestClient
-
-    from cliplens.service import ServiceConfig, create_app
-
-    app = create_app(ServiceConfig(model="demo", api_key="", allowed_hosts=["testserver"]), encoder=demo_model)
-    with TestClient(app) as http:
-        client = openai.OpenAI(base_url="http://testserver/v1", api_key="anything", http_client=http)
+def test_a_live_service_without_a_key_takes_any(tmp_path, demo_model):
+    with ServerProcess(["--model", "demo", "--backend", "torch"], env={"CLIPLENS_API_KEY": ""},
+                       log=tmp_path / "serve.log") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="anything")
         answer = client.embeddings.create(model="demo", input="a green star")
         assert np.allclose(answer.data[0].embedding, demo_model.encode_texts(["a green star"])[0], atol=1e-5)
