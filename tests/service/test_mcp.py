@@ -24,6 +24,14 @@ from mcp.client.stdio import StdioServerParameters  # noqa: E402
 TOOLS = ["caption", "classify", "embed", "rank", "search"]
 
 
+def _run(session, *args):
+    """``anyio.run`` in a thread of its own: a test run may hold an event loop in this one (Playwright's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, session, *args).result()
+
+
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mcp-images")
@@ -60,7 +68,7 @@ def test_stdio_tools_answer_as_the_library_does(pictures, demo_index, demo_model
             }
             return answers
 
-    answers = anyio.run(session)
+    answers = _run(session)
     assert not any(answers[name].is_error for name in TOOLS)
     got = answers["classify"].structured_content
     want = cliplens.Classifier(labels, demo_model).classify(path).to_dict()
@@ -115,12 +123,12 @@ def test_http_needs_the_key_and_takes_images_as_data_only(pictures, demo_model):
                 path = await client.call_tool("classify", {"image": str(folder / "0.png"), "labels": ["a", "b"]})
                 return ok, path
 
-        ok, path = anyio.run(session, "k3y")
+        ok, path = _run(session, "k3y")
         want = cliplens.Classifier(["red circle", "blue cross"], demo_model).classify(folder / "0.png")
         assert not ok.is_error and ok.structured_content["labels"][0]["label"] == want.top.label
         assert path.is_error and "base64" in path.content[0].text  # a path on the server is never read
         with pytest.raises(Exception):  # the wrong key: 401, which the client raises
-            anyio.run(session, "wrong")
+            _run(session, "wrong")
     finally:
         process.terminate()
         process.wait(timeout=30)

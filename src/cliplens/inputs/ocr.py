@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw
 from ..errors import UsageError
 
 MIN_CONFIDENCE = 0.5  # recognitions below this are not trusted as text
+MIN_SIDE = 8  # images smaller than this on a side, or more elongated than MAX_ASPECT, are not read
+MAX_ASPECT = 50
 _LIMIT_SIDE = 960
 _MARGIN = 0.4  # a region is covered with this share of its height added around it (glyph edges, the sign's border)
 _RING = 4  # pixels around the covered region whose dominant colour fills it
@@ -84,9 +86,21 @@ def read_text(image: Image.Image) -> list[TextRegion]:
     Raises :class:`OcrUnavailable` without the ``ocr`` extra.
     """
     engine = _ocr()
+    width, height = image.size
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+        return []  # a dot or a sliver holds no readable text (and the engine cannot resize it)
+    from rapidocr_onnxruntime.utils.process_img import ResizeImgError  # type: ignore[import-not-found]
+
+    scale = min(1.0, _LIMIT_SIDE / max(width, height))  # the engine would shrink it anyway: do it cheaply first
+    small = image.convert("RGB")
+    if scale < 1.0:
+        small = small.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
     with _engine_lock:  # one inference at a time: the engine keeps per-call state
-        found, _ = engine(np.asarray(image.convert("RGB")))
-    regions = [TextRegion(tuple((float(x), float(y)) for x, y in box), str(text), float(score))
+        try:
+            found, _ = engine(np.asarray(small))
+        except ResizeImgError:  # a shape its detector cannot scale: nothing it can read
+            return []
+    regions = [TextRegion(tuple((float(x) / scale, float(y) / scale) for x, y in box), str(text), float(score))
                for box, text, score in (found or [])]
     return sorted(regions, key=lambda r: (min(y for _, y in r.box), min(x for x, _ in r.box)))
 
