@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[onnx,ray,serve,eval,raw,video,ocr,mcp,test]"
+	$(BIN)/pip install -q -e ".[onnx,ray,serve,eval,raw,video,ocr,mcp,train,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -105,15 +105,46 @@ def test_fine_tuning_a_word_level_model_learns_new_words(pairs_file, tiny_preset
     old, new = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(out)
     assert "and" not in old.get_vocab() and "and" in new.get_vocab()
     added = {v for k, v in new.get_vocab().items() if k not in old.get_vocab()}
-    assert added == set(range(len(old), len(new)))  # new words appended, old ids kept
-    assert {k: v for k, v in new.get_vocab().items() if k in old.get_vocab()} == old.get_vocab()
+    spare = {v for k, v in old.get_vocab().items() if k.startswith("<spare")}
+    assert len(spare) == 64 and added and added <= spare  # new words take spare slots: no row is added
+    kept = {k: v for k, v in new.get_vocab().items() if k in old.get_vocab()}
+    assert kept == {k: v for k, v in old.get_vocab().items() if v not in added}  # old ids keep their meaning
     ids = new("a red circle and a blue star")["input_ids"]
     assert new.unk_token_id not in ids
     before, after = _weights(base), _weights(out)
     key = "text_model.embeddings.token_embedding.weight"
-    assert after[key].shape[0] == len(new) == before[key].shape[0] + (len(new) - len(old))
+    assert after[key].shape == before[key].shape
     encoder = cliplens.load_model(str(out), device="cpu", cache=False)
     assert encoder.encode_texts(["a circle and a star"]).shape == (1, 16)
+
+
+def test_new_words_start_as_the_original_read_them_and_grow_past_the_spare_slots(pairs_file, tiny_preset, tmp_path):
+    """A new word's row starts as <unk>'s, so before any step the model reads every text as the original
+    did; words beyond the spare slots get rows appended at the end."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from cliplens.train import align_token_embedding
+    from cliplens.train.vocab import token_embedding, with_words
+
+    base = train(_config(pairs_file, tmp_path / "base", tiny_preset, steps=1)).out
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    words = [f"word{i}" for i in range(70)]
+    extended = with_words(tokenizer, words)
+    ids = extended.convert_tokens_to_ids(words)
+    assert sorted(ids[:64]) == sorted(v for k, v in tokenizer.get_vocab().items() if k.startswith("<spare"))
+    assert ids[64:] == list(range(len(tokenizer), len(tokenizer) + 6))
+    original, model = AutoModel.from_pretrained(base).eval(), AutoModel.from_pretrained(base).eval()
+    fresh = align_token_embedding(model, tokenizer, extended)
+    assert sorted(fresh) == sorted(ids)
+    weight = token_embedding(model).weight
+    assert weight.shape[0] == len(tokenizer) + 6
+    unk = token_embedding(original).weight[tokenizer.unk_token_id]
+    assert all(torch.equal(weight[i], unk) for i in ids)
+    text = "a red word3 circle word69"
+    with torch.no_grad():
+        a = original.get_text_features(**tokenizer([text], return_tensors="pt")).pooler_output
+        b = model.get_text_features(**extended([text], return_tensors="pt")).pooler_output
+    torch.testing.assert_close(a, b)
 
 
 def test_training_lowers_the_loss(pairs_file, tiny_preset, tmp_path):

@@ -18,16 +18,17 @@ from .errors import (CliplensError, DataError, ImageLoadError, ModelLoadError, M
                      UsageError)
 from .evaluate import CaptionedSet, EvalResult, LabelledSet, evaluate, read_eval_dataset
 from .files import atomic_write, check_output_file, check_output_folder, display_path
-from .inputs.demo_data import DEMO_LABELS, write_demo_data
+from .inputs.demo_data import DEMO_LABELS, NEW_SHAPE_LABELS, NEW_SHAPES, write_demo_data
+from .inputs.demo_data import SHAPES as DEMO_SHAPES
 from .inputs.images import expand_paths, load_image
 from .inputs.pairs import Pair, read_pairs
 from .inputs.ocr import TextRegion, cover_image_text, read_text
 from .inputs.video import load_video_frame
 from .inputs.wordlists import imagenet_classes, read_labels_file
 from .models import (DEFAULT_MODEL, Encoder, ImagePreprocessor, ModelInfo, TextTruncatedWarning, list_models,
-                     load_model, pull_model, release_models, resolve_model_dir)
-from .reports import write_audit_report, write_eval_report
-from .scores.calibration import Calibration
+                     load_model, merge_lora, pull_model, release_models, resolve_model_dir)
+from .reports import write_audit_report, write_eval_report, write_train_report
+from .scores.calibration import CALIBRATION_FILE, Calibration
 from .scores.probabilities import cosine, label_probabilities
 from .text.banks import LabelBank, builtin_bank_names, default_bank_names, read_bank, resolve_banks
 from .text.prompts import (DEFAULT_TEMPLATE, LabelWarning, TemplateSet, parse_template_sets, resolve_templates,
@@ -44,9 +45,9 @@ _LAZY = {
     "PhotoIndex": "index", "SearchFilter": "index", "parse_position": "index",
     "SearchResult": "index", "update_index": "index", "search_index": "index", "index_errors": "index",
     "export_index": "index", "import_index": "index",
-    "TrainConfig": "train", "TrainResult": "train", "train_model": "train",
+    "TrainConfig": "train", "TrainResult": "train", "train_model": "train", "check_train_config": "train",
 }
-_RENAMED = {"search_index": "search", "train_model": "train"}  # where the module's own name is the module's
+_RENAMED = {"search_index": "search", "train_model": "train", "check_train_config": "check_config"}  # where the module's own name is the module's
 
 
 def __getattr__(name: str):
@@ -60,7 +61,7 @@ def __getattr__(name: str):
 
 __all__ = [
     # classification, calibration, captions
-    "Calibration", "CalibrationRun", "Classification", "Classifier", "LabelScore", "calibrate", "classify",
+    "CALIBRATION_FILE", "Calibration", "CalibrationRun", "Classification", "Classifier", "LabelScore", "calibrate", "classify",
     "BankFit", "Caption", "CaptionLabel", "Captioner", "LabelBank", "builtin_bank_names", "calibrate_bank",
     "caption", "default_bank_names", "read_bank", "resolve_banks",
     # ranking, scoring, synthesis
@@ -74,16 +75,16 @@ __all__ = [
     "read_audit_images", "read_class_set", "read_eval_dataset", "write_audit_report", "write_eval_report",
     # models, embeddings, prompts
     "DEFAULT_MODEL", "Encoder", "ImagePreprocessor", "ModelInfo", "TextTruncatedWarning", "list_models",
-    "load_model", "pull_model", "release_models", "resolve_model_dir",
+    "load_model", "merge_lora", "pull_model", "release_models", "resolve_model_dir",
     "ImageEmbeddings", "embed_images", "embed_texts", "write_image_embeddings", "write_text_embeddings",
     "DEFAULT_TEMPLATE", "LabelWarning", "TemplateSet", "cosine", "label_probabilities", "parse_template_sets",
     "resolve_templates", "template_set_names",
     # inputs and files
-    "DEMO_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "load_video_frame", "read_labels_file",
+    "DEMO_LABELS", "DEMO_SHAPES", "NEW_SHAPES", "NEW_SHAPE_LABELS", "Pair", "expand_paths", "imagenet_classes", "load_image", "load_video_frame", "read_labels_file",
     "read_pairs", "TextRegion", "cover_image_text", "read_text",
     "write_demo_data", "atomic_write", "check_output_file", "check_output_folder", "display_path",
     # training
-    "TrainConfig", "TrainResult", "train_model",
+    "TrainConfig", "TrainResult", "check_train_config", "train_model", "write_train_report",
     # errors
     "CliplensError", "DataError", "ImageLoadError", "ModelLoadError", "ModelNotFoundError", "OutputError",
     "UsageError",

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ImageLoadError, UsageError
-from .inputs.datasets import read_labelled_images
+from .inputs.datasets import LabelledImages, read_labelled_images
 from .inputs.images import expand_paths
 from .inputs.open_world import open_world_images
 from .inputs.wordlists import imagenet_classes
@@ -36,7 +36,7 @@ OPEN_WORLD_IMAGES = 1000  # generated out-of-distribution images the open-set de
 OPEN_WORLD_SEED = 20261201
 
 
-def calibrate(dataset: str | Path, model: Encoder | str | None = None, *, template: str | None = None,
+def calibrate(dataset: str | Path | Sequence[str | Path], model: Encoder | str | None = None, *, template: str | None = None,
               templates: str | Sequence[str] | None = None, device: str | None = None, batch_size: int | None = None,
               workers: int | None = None, background: str | Path | None = None, world: str | Path | None = None,
               open_world: int = OPEN_WORLD_IMAGES, seed: int = 0,
@@ -48,8 +48,9 @@ def calibrate(dataset: str | Path, model: Encoder | str | None = None, *, templa
     generated blanks, noise, textures and collages and the images in ``background`` (a folder of the
     user's own "none of these" images), all out of distribution. ``world``: a folder of unlabelled images
     that also belong inside (scenes the labels do not name one by one, such as several objects at once).
+    Several datasets are fitted as one (a fine-tuned model's new domain and what it keeps).
     """
-    data = read_labelled_images(dataset)
+    data = _read_datasets(dataset)
     encoder = as_encoder(model, device)
     prompt_templates = resolve_templates(templates, template if template is not None else DEFAULT_TEMPLATE)
     background_paths = _folder_images(background, "background")
@@ -79,6 +80,15 @@ def calibrate(dataset: str | Path, model: Encoder | str | None = None, *, templa
     _fit_open_set(calibration, encoder, inside, outside.vectors, len(outside.indices) - len(outside_images),
                   len(extra.vectors), seed)
     return CalibrationRun(calibration, errors)
+
+
+def _read_datasets(dataset: str | Path | Sequence[str | Path]) -> LabelledImages:
+    sources = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
+    if not sources:
+        raise UsageError("give at least one labelled dataset", parameter="dataset")
+    parts = [read_labelled_images(source) for source in sources]
+    return LabelledImages([p for part in parts for p in part.paths], [label for part in parts for label in part.labels],
+                          list(dict.fromkeys(c for part in parts for c in part.classes)))
 
 
 def _folder_images(folder: str | Path | None, parameter: str) -> list[Path]:

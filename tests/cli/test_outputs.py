@@ -50,10 +50,11 @@ def _commands(root, image):
         (["train", pairs, "--out", full], "--out", "already holds files"),
         (["demo-data", "--out", full], "--out", "already holds files"),
         (["index", "--export", full], "--export", "already holds files"),
+        (["merge", root / "demo", "--out", full], "--out", "already holds files"),
     ]
 
 
-CASES = 16
+CASES = 17
 
 
 @pytest.mark.parametrize("case", range(CASES))
@@ -66,7 +67,7 @@ def test_outputs_are_checked_before_any_work(case, data, monkeypatch):
 
     monkeypatch.setattr(cliplens, "load_model", no_model)
     result = CliRunner().invoke(app, [str(a) for a in args] + ["--model", "demo"] * (args[0] not in (
-        "demo-data", "train", "index")))
+        "demo-data", "train", "index", "merge")))
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag} ") and reason in lines[0], result.stderr

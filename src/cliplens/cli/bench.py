@@ -21,6 +21,7 @@ from cliplens.cli.common import (
     out,
     progress,
     rate_updater,
+    shown,
 )
 from cliplens.errors import UsageError
 
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
     for name, fn in (("embed", bench_embed), ("classify", bench_classify), ("text", bench_text), ("coldstart", bench_coldstart),
                      ("memory", bench_memory), ("parity", bench_parity), ("open-set", bench_open_set), ("search", bench_search),
                      ("caption", bench_caption), ("dream", bench_dream), ("serve", bench_serve),
-                     ("index", bench_index), ("video", bench_video), ("typographic", bench_typographic)):
+                     ("index", bench_index), ("video", bench_video), ("typographic", bench_typographic),
+                     ("finetune", bench_finetune)):
         add(bench_app, name, fn)
 
 
@@ -321,6 +323,46 @@ def bench_typographic(images: int = typer.Option(300, "-n", callback=at_least(1)
               f"text covered in {result.attacked_with_text_found:.1%} of attacked images, "
               f"{result.clean_with_text_found:.1%} of clean ones; +{result.ocr_ms_per_image:.0f} ms per image",
               highlight=False)
+
+
+def bench_finetune(steps: int = typer.Option(300, "--steps", callback=at_least(1), help="Steps of each fine-tune."),
+                   train_images: int = typer.Option(3000, "--train-images", callback=at_least(2),
+                                                    help="Generated pairs of the new shapes to fine-tune on."),
+                   test_images: int = typer.Option(600, "--test-images", callback=at_least(1),
+                                                   help="Generated test images per set (new shapes, demo shapes)."),
+                   work: Path | None = typer.Option(None, "--work", metavar="DIR",
+                                                       help="Folder for the data and checkpoints (default: the "
+                                                            "bench cache)."),
+                   as_json: bool = JsonOpt) -> None:
+    """Fine-tuning without forgetting: the demo model learns six new shapes plainly, with --wise auto, with
+    --freeze image and with --lora 8; new-domain and keep-set top-1 on test sets, trained parameters, sizes."""
+    from cliplens.bench.data import bench_root
+    from cliplens.bench.finetune import FinetuneSettings, finetune_benchmark
+    from cliplens.bench.machine import describe_cpu
+
+    settings = FinetuneSettings(steps=steps, train_images=train_images, test_images=test_images)
+    folder = work or bench_root() / "finetune"
+    with err.status("fine-tuning") as status:
+        figures = finetune_benchmark(folder, settings, on_status=lambda message: status.update(shown(message)))
+    figures["cpu"] = describe_cpu()
+    if as_json:
+        emit_json(figures)
+        return
+    original = figures["original"]
+    out.print(f"the demo model fine-tuned on six new shapes, {steps} steps ({_machine()}); zero-shot top-1 on "
+              f"{test_images} test images per set:\n"
+              f"{'':18}{'new shapes':>11}{'demo shapes':>13}{'trained':>12}{'checkpoint':>12}\n"
+              f"{'original':18}{original['new']:11.1%}{original['keep']:13.1%}", highlight=False)
+    for name, row in figures["variants"].items():
+        label = f"{name} (α {row['alpha']:g})" if "alpha" in row else name
+        out.print(f"{label:18}{row['new']:11.1%}{row['keep']:13.1%}{row['trained_parameters']:12,}"
+                  f"{row['checkpoint_bytes'] / 2**20:10.2f} MB", highlight=False)
+    targets = figures["targets"]
+    share = targets["wise_share_of_plain_gain"]
+    out.print(f"wise auto keeps the demo shapes within 2 points: {targets['wise_keep_within_2_points']}; reaches "
+              f"{share:.0%} of plain fine-tuning's gain (target 80%); LoRA checkpoint is "
+              f"{targets['lora_checkpoint_share']:.1%} of the full one (target ≤ 10%)" if share is not None else
+              "plain fine-tuning gained nothing on the new shapes", highlight=False)
 
 
 def bench_memory(count: int = typer.Option(10_000, "--images", callback=at_least(1), help="How many images to index."),

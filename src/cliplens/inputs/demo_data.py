@@ -26,7 +26,11 @@ from PIL import Image, ImageDraw, ImageFont
 from ..files import atomic_write
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "cross": "crosses"}
+#: Shapes the demo model has never seen, words and all: the domain fine-tuning is shown on.
+NEW_SHAPES = ("heart", "hexagon", "diamond", "arrow", "ring", "moon")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars", "cross": "crosses",
+           "heart": "hearts", "hexagon": "hexagons", "diamond": "diamonds", "arrow": "arrows", "ring": "rings",
+           "moon": "moons"}
 COLOURS = {
     "red": (215, 40, 40),
     "green": (40, 165, 60),
@@ -43,6 +47,8 @@ WRITTEN_FORMS = ("the word {}", "a sign that says {}")  # how captions quote a w
 
 #: The zero-shot label set of the demo domain: every colour × shape pair ("red circle").
 DEMO_LABELS = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
+#: The same for the new shapes ("red heart").
+NEW_SHAPE_LABELS = tuple(f"{colour} {shape}" for shape in NEW_SHAPES for colour in COLOURS)
 
 
 @dataclass(frozen=True)
@@ -110,25 +116,26 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def random_scene(rng: random.Random, mixed: float = 0.0, words: float = 0.0) -> ShapeScene:
-    """Draw a scene uniformly over shapes, colours, counts, sizes and backgrounds.
+def random_scene(rng: random.Random, mixed: float = 0.0, words: float = 0.0,
+                 shapes: tuple[str, ...] = SHAPES) -> ShapeScene:
+    """Draw a scene uniformly over ``shapes``, colours, counts, sizes and backgrounds.
 
     With probability ``mixed`` the scene holds two different shapes, one of each, in any colours;
     with probability ``words`` it also shows a shape or colour name written on a sign.
     """
     scene = ShapeScene(
-        shape=rng.choice(SHAPES),
+        shape=rng.choice(shapes),
         colour=rng.choice(list(COLOURS)),
         count=rng.choice(list(COUNT_WORDS)),
         size=rng.choice(list(SIZES)),
         background=rng.choice(list(BACKGROUNDS)),
     )
     if mixed > 0 and rng.random() < mixed:  # no draw at mixed=0, so single-shape seeds stay as they were
-        scene = replace(scene, count=1, shape2=rng.choice([s for s in SHAPES if s != scene.shape]),
+        scene = replace(scene, count=1, shape2=rng.choice([s for s in shapes if s != scene.shape]),
                         colour2=rng.choice(list(COLOURS)))
     if words > 0 and rng.random() < words:  # a sign leaves room for two large shapes, not three
         count = min(scene.count, 2) if scene.size == "large" else scene.count
-        scene = replace(scene, word=rng.choice(SHAPES + tuple(COLOURS)), count=count)
+        scene = replace(scene, word=rng.choice(shapes + tuple(COLOURS)), count=count)
     return scene
 
 
@@ -208,20 +215,34 @@ _TRIANGLE = [(0.0, -1.0), (0.95, 0.75), (-0.95, 0.75)]
 _STAR = _star_points()
 _CROSS = [(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1),
           (-0.33, 1), (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)]
+_HEXAGON = [(math.cos(i * math.pi / 3), math.sin(i * math.pi / 3)) for i in range(6)]
+_DIAMOND = [(0.0, -1.0), (0.62, 0.0), (0.0, 1.0), (-0.62, 0.0)]
+_ARROW = [(-1, -0.25), (0.1, -0.25), (0.1, -0.7), (1, 0), (0.1, 0.7), (0.1, 0.25), (-1, 0.25)]
+_HEART = [(16 * math.sin(t) ** 3 / 17, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
+                                          - math.cos(4 * t)) / 17 - 0.1)
+          for t in (i * 2 * math.pi / 40 for i in range(40))]
+_POLYGONS = {"triangle": _TRIANGLE, "cross": _CROSS, "hexagon": _HEXAGON, "diamond": _DIAMOND, "arrow": _ARROW,
+             "heart": _HEART}
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, background) -> None:
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif shape == "square":
         s = r * 0.88
         draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
-    elif shape == "triangle":
-        draw.polygon(_polygon(cx, cy, r, _TRIANGLE), fill=fill)
     elif shape == "star":
         draw.polygon(_polygon(cx, cy, r * 1.1, _STAR), fill=fill)
-    elif shape == "cross":
-        draw.polygon(_polygon(cx, cy, r, _CROSS), fill=fill)
+    elif shape in _POLYGONS:
+        draw.polygon(_polygon(cx, cy, r, _POLYGONS[shape]), fill=fill)
+    elif shape == "ring":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        hole = r * 0.55
+        draw.ellipse((cx - hole, cy - hole, cx + hole, cy + hole), fill=background)
+    elif shape == "moon":  # a crescent: a disc with an offset disc of background cut from it
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        shift = r * 0.45
+        draw.ellipse((cx - r + shift, cy - r - shift * 0.3, cx + r + shift, cy + r - shift * 0.3), fill=background)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -248,7 +269,8 @@ def _place(rng: random.Random, count: int, radius_range: tuple[float, float], si
 def render_scene(scene: ShapeScene, rng: random.Random, size: int = 64) -> Image.Image:
     """Render a scene as an RGB image of ``size`` pixels, drawn at 2x and downsampled for smooth edges."""
     big = size * 2
-    image = Image.new("RGB", (big, big), _jitter(BACKGROUNDS[scene.background], rng, 6))
+    background = _jitter(BACKGROUNDS[scene.background], rng, 6)
+    image = Image.new("RGB", (big, big), background)
     draw = ImageDraw.Draw(image)
     fill = _jitter(COLOURS[scene.colour], rng)
     sign = _draw_sign(draw, scene.word, scene.background, rng, big) if scene.word else None
@@ -257,11 +279,11 @@ def render_scene(scene: ShapeScene, rng: random.Random, size: int = 64) -> Image
         rows = (sign[1], float(big)) if sign[0] < big / 2 - sign[1] / 2 else (0.0, sign[0])
     if scene.shape2:
         first, second = _place(rng, 2, SIZES[scene.size], big, rows)
-        _draw_shape(draw, scene.shape, *first, fill)
-        _draw_shape(draw, scene.shape2, *second, _jitter(COLOURS[scene.colour2], rng))
+        _draw_shape(draw, scene.shape, *first, fill, background)
+        _draw_shape(draw, scene.shape2, *second, _jitter(COLOURS[scene.colour2], rng), background)
     else:
         for cx, cy, r in _place(rng, scene.count, SIZES[scene.size], big, rows):
-            _draw_shape(draw, scene.shape, cx, cy, r, fill)
+            _draw_shape(draw, scene.shape, cx, cy, r, fill, background)
     return image.resize((size, size), Image.Resampling.BOX)
 
 
@@ -296,15 +318,16 @@ class DemoSample:
     scene: ShapeScene
 
 
-def generate(n: int, seed: int = 0, size: int = 64, mixed: float = 0.0, words: float = 0.0) -> Iterator[DemoSample]:
-    """Yield ``n`` samples; the same seed gives the same samples.
+def generate(n: int, seed: int = 0, size: int = 64, mixed: float = 0.0, words: float = 0.0,
+             shapes: tuple[str, ...] = SHAPES) -> Iterator[DemoSample]:
+    """Yield ``n`` samples of ``shapes`` (the demo model's own by default); the same seed gives the same samples.
 
     With ``mixed > 0``, that share of images hold two different shapes, and a fifth of the captions
     name shapes without their colours. With ``words > 0``, that share also show a written word.
     """
     rng = random.Random(seed)
     for _ in range(n):
-        scene = random_scene(rng, mixed, words)
+        scene = random_scene(rng, mixed, words, shapes)
         image = render_scene(scene, rng, size)
         yield DemoSample(image=image, caption=training_caption(scene, rng, 0.2 if mixed > 0 else 0.0), scene=scene)
 
@@ -315,16 +338,18 @@ PAIRS_FIELDS = ("path", "caption", "full_caption", "label", "shape", "colour", "
 
 def write_demo_data(
     out: str | Path, n: int, seed: int = 0, size: int = 64, on_progress: Callable[[int], None] | None = None,
-    mixed: float = 0.0, words: float = 0.0,
+    mixed: float = 0.0, words: float = 0.0, shapes: tuple[str, ...] = SHAPES,
 ) -> Path:
-    """Write ``n`` PNG images under ``out/images`` and a ``pairs.csv`` beside them; return the CSV path."""
+    """Write ``n`` PNG images under ``out/images`` and a ``pairs.csv`` beside them; return the CSV path.
+
+    The CSV's ``caption`` column is for training, its ``label`` column ("red circle") for evaluation."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     pairs = out / "pairs.csv"
     with atomic_write(pairs, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PAIRS_FIELDS)
         writer.writeheader()
-        for i, sample in enumerate(generate(n, seed, size, mixed, words)):
+        for i, sample in enumerate(generate(n, seed, size, mixed, words, shapes)):
             rel = Path("images") / f"{i // 10000:03d}" / f"{i:07d}.png"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             sample.image.save(out / rel)

@@ -7,6 +7,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from ..errors import UsageError
+from .adapters import adapter_base, is_adapter, merge_adapter
 from .backend import (
     BACKENDS,
     PRECISIONS,
@@ -115,6 +117,16 @@ def pull_model(name: str) -> Path:
     return path
 
 
+def merge_lora(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a LoRA adapter folder (``cliplens train --lora``) merged into its base model as a plain Hugging
+    Face checkpoint in ``out``, with the adapter's tokenizer, preprocessor config and calibration."""
+    folder = Path(adapter).expanduser()
+    if not is_adapter(folder):
+        raise UsageError("not a LoRA adapter folder (it needs adapter_config.json and no config.json)",
+                         value=str(adapter), parameter="adapter")
+    return merge_adapter(folder, resolve_model_dir(adapter_base(folder)), out)
+
+
 def release_models() -> None:
     """Forget every model ``load_model`` kept, so their memory can be freed."""
     with _lock:
@@ -147,6 +159,7 @@ __all__ = [
     "l2_normalize",
     "list_models",
     "load_model",
+    "merge_lora",
     "pick_device",
     "pull_model",
     "release_models",

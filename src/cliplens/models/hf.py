@@ -118,7 +118,30 @@ class TransformersEncoder(Encoder):
         except Exception as exc:  # noqa: BLE001 - damaged files raise many kinds (SafetensorError, OSError, ...)
             raise _load_error(exc, path, name) from None
         self.model = model.to(self.device).eval()  # outside the try: a full GPU is not a damaged file
-        scale = float(self.model.logit_scale.detach().exp())  # read in fp32, before any cast
+        self._configure(path, name or str(path), model_type)
+
+    @classmethod
+    def wrap(cls, model, tokenizer, preprocessor: ImagePreprocessor, name: str) -> "TransformersEncoder":
+        """An fp32 encoder over a model already in memory, such as one being trained: it shares the model's
+        weights (and their later updates) and leaves its train/eval mode and device as they are."""
+        import torch
+
+        model_type = getattr(model.config, "model_type", "")
+        if model_type not in SUPPORTED_TYPES:
+            raise UsageError(f"cannot wrap a {model_type!r} model in memory", value=name, parameter="model")
+        self = cls.__new__(cls)
+        self.device = str(next(model.parameters()).device)
+        self.precision, self.dtype = "fp32", torch.float32
+        self.model, self.tokenizer = model, tokenizer
+        self._configure(None, name, model_type, preprocessor)
+        return self
+
+    def _configure(self, path: Path | None, name: str, model_type: str,
+                   preprocessor: ImagePreprocessor | None = None) -> None:
+        """What both constructors share: the family, context, preprocessing and :class:`ModelInfo`."""
+        import torch
+
+        scale = float(self.model.logit_scale.detach().float().exp())  # read in fp32, before any cast
         bias = getattr(self.model, "logit_bias", None)
         bias = float(bias.detach()) if bias is not None else None
         if self.dtype != torch.float32:
@@ -132,17 +155,17 @@ class TransformersEncoder(Encoder):
         if isinstance(limit, int) and 0 < limit < self.context_length:
             self.context_length = limit
         self._naflex: NaflexPreparer | None = None
-        if self.family == "siglip2":
+        if self.family == "siglip2" and path is not None:
             from transformers.models.siglip2.image_processing_pil_siglip2 import (
                 Siglip2ImageProcessorPil,
             )
 
             self._naflex = NaflexPreparer(Siglip2ImageProcessorPil.from_pretrained(path))
-        self.preprocessor = ImagePreprocessor.from_pretrained(path)
+        self.preprocessor = preprocessor or ImagePreprocessor.from_pretrained(path)
         sigmoid = self.family in PADDED_TO_CONTEXT
         self.info = ModelInfo(
-            name=name or str(path),
-            path=str(path),
+            name=name,
+            path=str(path or ""),
             family=self.family,
             embed_dim=int(getattr(config, "projection_dim", None) or getattr(config.text_config, "project_dim", None)
                       or config.text_config.hidden_size),
@@ -152,7 +175,7 @@ class TransformersEncoder(Encoder):
             logit_bias=bias,
             device=self.device,
             backend="torch",
-            precision=precision,
+            precision=self.precision,
         )
 
     @property

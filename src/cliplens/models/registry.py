@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError, ModelNotFoundError
+from .adapters import adapter_base, is_adapter, merged_checkpoint
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -108,11 +109,15 @@ def read_model_config(folder: Path) -> dict:
 
 
 def resolve_model_dir(name: str | os.PathLike | None = None, *, allow_download: bool = True) -> Path:
-    """The local folder holding a model: an alias, a folder, or a hub id (from the cache, else downloaded)."""
+    """The local folder holding a model: an alias, a folder, or a hub id (from the cache, else downloaded).
+
+    A LoRA adapter folder leads to its base model with the adapter merged in (see :mod:`.adapters`)."""
     text = os.fspath(name) if name is not None else default_model()
     target = ALIASES.get(text, text)
     path = Path(target).expanduser()
     if path.is_dir():
+        if is_adapter(path):
+            return merged_checkpoint(path, resolve_model_dir(adapter_base(path), allow_download=allow_download))
         read_model_config(path)
         return path
     if path.exists():

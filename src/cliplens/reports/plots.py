@@ -221,3 +221,43 @@ def forest(rows: Sequence[dict], value: str, interval: str, label: str, title: s
     ax.set_xlabel(label)
     ax.set_title(_short(title, 90) + (f" (first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""))
     return _save(figure, path)
+
+
+def training_curves(rows: Sequence[dict], original: dict | None, path: Path) -> Path:
+    """Held-out zero-shot top-1 on the new domain and on the keep set at each evaluated step."""
+    figure = _figure(7.0, 3.6)
+    ax = figure.add_subplot()
+    steps = [r["step"] for r in rows]
+    for role, colour, label in (("new", BLUE, "new domain"), ("keep", ORANGE, "keep set")):
+        values = [r.get(role) for r in rows]
+        if any(v is not None for v in values):
+            ax.plot(steps, values, marker="o", color=colour, label=label)
+    if original and original.get("keep") is not None:
+        ax.axhline(original["keep"], color=GREY, linestyle="--", linewidth=1, label="keep set before training")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("zero-shot top-1")
+    ax.set_title("What the fine-tune learns and what it keeps")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def wise_curve(points: Sequence[dict], chosen: float, original_keep: float | None, bound: float, path: Path) -> Path:
+    """Top-1 on both held-out sets along the interpolation from the original (α 0) to the fine-tuned (α 1)."""
+    figure = _figure(7.0, 3.6)
+    ax = figure.add_subplot()
+    alphas = [p["alpha"] for p in points]
+    ax.plot(alphas, [p["new"] for p in points], marker="o", color=BLUE, label="new domain")
+    if any(p.get("keep") is not None for p in points):
+        ax.plot(alphas, [p["keep"] for p in points], marker="o", color=ORANGE, label="keep set")
+    if original_keep is not None:
+        ax.axhline(original_keep - bound / 100, color=RED, linestyle=":", linewidth=1,
+                   label=f"keep-set bound ({bound:g} points)")
+    ax.axvline(chosen, color=GREEN, linewidth=1.5, label=f"chosen α = {chosen:g}")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("α (0: original weights, 1: fine-tuned weights)")
+    ax.set_ylabel("zero-shot top-1")
+    ax.set_title("Weight-space ensembling")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(figure, path)
