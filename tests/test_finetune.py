@@ -111,6 +111,27 @@ def test_wise_at_zero_answers_as_the_original_did(data, tmp_path):
                                                cache=False).encode_texts(texts), original.encode_texts(texts))
 
 
+def test_a_resumed_wise_run_equals_the_straight_one(wise_run, data, tmp_path):
+    straight, result, _ = wise_run
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, model):
+        raise Stop
+
+    config = _config(data, tmp_path / "resumed", wise="auto", eval_keep=str(data["keep"]))
+    with pytest.raises(Stop):
+        train(config, on_checkpoint=stop)
+    assert (tmp_path / "resumed" / FINE_TUNED / "trainer_state.pt").exists()
+    resumed = train(config, resume=True)
+    a, b = _weights(straight), _weights(tmp_path / "resumed")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    assert resumed.report["evaluations"] == result.report["evaluations"]
+    assert resumed.report["wise"]["alpha"] == result.report["wise"]["alpha"]
+
+
 def test_search_alpha_refines_around_the_best_point_and_honours_the_bound():
     def evaluate(alpha):  # new-domain accuracy rises with alpha; keep falls past 0.3
         return WisePoint(alpha, new=0.2 + 0.6 * alpha, keep=1.0 - max(0.0, alpha - 0.3) * 0.5)

@@ -259,5 +259,5 @@ def wise_curve(points: Sequence[dict], chosen: float, original_keep: float | Non
     ax.set_xlabel("α (0: original weights, 1: fine-tuned weights)")
     ax.set_ylabel("zero-shot top-1")
     ax.set_title("Weight-space ensembling")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return _save(figure, path)

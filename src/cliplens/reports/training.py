@@ -47,7 +47,7 @@ def write_train_report(report: dict, out: str | Path) -> Path:
         if held:
             sets.append(f"<li><b>{role}</b>: {escape(held['source'])} ({held['images']} images, {held['classes']} "
                         f"classes{', %d skipped' % len(held['skipped']) if held['skipped'] else ''})</li>")
-    if evals.get("keep_note"):
+    if evals.get("keep_note") and not evals.get("keep"):
         sets.append(f"<li><b>keep</b>: {escape(evals['keep_note'])}</li>")
     body += ["<h2>Held-out sets</h2>", f"<ul>{''.join(sets)}</ul>" if sets else "<p>None were given.</p>",
              "<p>Zero-shot top-1 with the prompt “a photo of a {}.”: what evaluating the saved checkpoint with the "

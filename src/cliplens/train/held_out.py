@@ -75,7 +75,7 @@ def demo_keep_set(preprocessor: ImagePreprocessor, n: int = DEMO_KEEP_IMAGES) ->
     index = {c: i for i, c in enumerate(classes)}
     samples = list(generate(n, seed=DEMO_KEEP_SEED, size=height))
     pixels = np.stack([preprocessor.resize_crop(s.image) for s in samples])
-    return HeldOutSet("keep", f"the demo model's shapes ({n} generated images)", pixels,
+    return HeldOutSet("keep", "the demo model's own shapes, generated", pixels,
                       np.array([index[s.scene.label] for s in samples]), classes,
                       generated={"images": n, "seed": DEMO_KEEP_SEED})
 
