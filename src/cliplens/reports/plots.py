@@ -32,6 +32,16 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _finish(figure, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str = "lower right") -> Path:
+    """Label a chart of rates (0 to 1), add its legend and save it."""
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend, fontsize=8)
+    return _save(figure, path)
+
+
 def _short(text: str, width: int = 32) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -143,12 +153,7 @@ def few_shot(rows: Sequence[dict], chance: float, path: Path) -> Path:
     if len(ks) > 1:
         ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("training images per class (K)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Few-shot linear probe vs zero-shot")
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return _finish(figure, ax, path, "training images per class (K)", "accuracy", "Few-shot linear probe vs zero-shot")
 
 
 def retrieval(report: dict, path: Path) -> Path:
@@ -234,12 +239,7 @@ def training_curves(rows: Sequence[dict], original: dict | None, path: Path) -> 
             ax.plot(steps, values, marker="o", color=colour, label=label)
     if original and original.get("keep") is not None:
         ax.axhline(original["keep"], color=GREY, linestyle="--", linewidth=1, label="keep set before training")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel("zero-shot top-1")
-    ax.set_title("What the fine-tune learns and what it keeps")
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return _finish(figure, ax, path, "step", "zero-shot top-1", "What the fine-tune learns and what it keeps")
 
 
 def wise_curve(points: Sequence[dict], chosen: float, original_keep: float | None, bound: float, path: Path) -> Path:
@@ -255,9 +255,5 @@ def wise_curve(points: Sequence[dict], chosen: float, original_keep: float | Non
                    label=f"keep-set bound ({bound:g} points)")
     ax.axvline(chosen, color=GREEN, linewidth=1.5, label=f"chosen α = {chosen:g}")
     ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("α (0: original weights, 1: fine-tuned weights)")
-    ax.set_ylabel("zero-shot top-1")
-    ax.set_title("Weight-space ensembling")
-    ax.legend(loc="best", fontsize=8)
-    return _save(figure, path)
+    return _finish(figure, ax, path, "α (0: original weights, 1: fine-tuned weights)", "zero-shot top-1",
+                   "Weight-space ensembling", legend="best")
