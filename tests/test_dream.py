@@ -41,7 +41,7 @@ def _blue_square() -> Image.Image:
 @pytest.mark.slow
 def test_from_noise_the_model_sees_the_prompt_in_what_it_dreamed(demo_model, shapes):
     started = time.perf_counter()
-    result = dream(HEADLINE_PROMPT, demo_model, seed=0)
+    result = dream(HEADLINE_PROMPT, demo_model, seed=0, guidance="plain", size="64x64")
     elapsed = time.perf_counter() - started
     probability = _probability(shapes, result.image, HEADLINE_LABEL)
     print(f"\n{HEADLINE_PROMPT!r}, {result.steps} steps, seed 0: {elapsed:.1f} s; P({HEADLINE_LABEL}) among "
@@ -50,10 +50,21 @@ def test_from_noise_the_model_sees_the_prompt_in_what_it_dreamed(demo_model, sha
           f"{result.similarity:.3f}; curve {result.similarities[0]:.3f} → {result.similarities[-1]:.3f}")
     assert probability >= 0.9
     assert shapes.classify(result.image).top.label == HEADLINE_LABEL
-    assert result.image.size == (64, 64) and result.size == (64, 64)  # the model's input size by default
+    assert result.image.size == (64, 64) and result.size == (64, 64)
     assert len(result.similarities) == result.steps
     assert result.similarity > result.start_similarity + 0.2
     assert np.mean(result.similarities[-20:]) > np.mean(result.similarities[:20]) + 0.2
+
+
+def test_by_default_a_dream_is_256_pixels_of_an_object_on_a_plain_ground(demo_model, shapes):
+    result = dream("a blue square", demo_model, seed=3, steps=60)
+    assert result.size == (256, 256) and result.image.size == (256, 256)
+    assert result.settings["guidance"] == "robust" and result.settings["cutouts"] == 16
+    pixels = np.asarray(result.image, np.float64)
+    ground = np.all(np.abs(pixels - 0.98 * 255) < 12, axis=-1)
+    assert 0.3 < ground.mean() < 0.98  # what is not drawn shows the ground, not a texture
+    plain = dream("a blue square", demo_model, seed=3, steps=60, guidance="plain", size="256x256")
+    assert np.all(np.abs(np.asarray(plain.image, np.float64) - 0.98 * 255) < 12, axis=-1).mean() < 0.05
 
 
 def test_init_edits_the_photo_toward_the_prompt(demo_model, shapes):
@@ -178,7 +189,8 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     assert len(data["similarities"]) == 12 and isinstance(data["similarity"], float)
     assert [s["label"] for s in data["classification"]["labels"]] in (["red circle", "blue square"],
                                                                      ["blue square", "red circle"])
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == (256, 256)  # 256 px whatever the model's input (64 px here)
+    assert data["settings"]["guidance"] == "robust"
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00005.png", "00010.png", "00012.png"]
     with Image.open(gif) as animation:
         assert animation.n_frames == 4
@@ -197,6 +209,7 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     (["  "], "the prompt is empty"),
     (["a red circle", "--size", "abc"], "--size abc: give WIDTHxHEIGHT"),
     (["a red circle", "--size", "0x10"], "--size 0x10: each side must be"),
+    (["a red circle", "--guidance", "fancy"], "--guidance fancy: choose from plain, robust"),
     (["a red circle", "--init", "missing.png"], "missing.png"),
     (["a red circle", "--param", "vqgan"], "--param vqgan: choose from fft, pixel"),
     (["a red circle", "--gif", "run.mp4"], "--gif run.mp4: give a .gif"),

@@ -14,6 +14,7 @@ from cliplens.cli.common import (
     above_up_to,
     add,
     at_least,
+    check_output,
     emit_json,
     err,
     load_model_with_status,
@@ -575,34 +576,64 @@ def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (
                 steps: int | None = typer.Option(None, "--steps", callback=at_least(1), help="Steps per image (default: dream's, 400)."),
                 seed: int = typer.Option(0, "--seed", help="Seed of each dream."),
                 template: str | None = typer.Option(None, "--template", help="Prompt made from each label (default: 'a {}', 'an {}')."),
+                size: str | None = typer.Option(None, "--size", metavar="WxH", help="Image size (default: dream's, 256x256)."),
+                guidance: str = typer.Option("robust", "--guidance", metavar="RECIPE", help="robust or plain (see dream)."),
+                sheet: Path | None = typer.Option(None, "--sheet", metavar="FILE",
+                                                  help="Write a contact sheet of the images (PNG) with both verdicts."),
                 model: str = typer.Option("demo", "--model", "-m", help="Model to dream with (default: the demo model)."),
                 device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA if present)."),
                 as_json: bool = JsonOpt) -> None:
-    """Seconds per `cliplens dream` image from noise, and the probability the same model then gives its prompt
-    among all the labels (the demo model's target: ≥ 0.9 in ≤ 60 s)."""
+    """Seconds per `cliplens dream` image from noise, judged twice: by the same model (is the prompt's label its
+    top label among all the labels, and how surely) and by pixel statistics that do not use it (does the named
+    colour dominate and form one object, of the named shape)."""
     from cliplens.bench.dream import bench_dream as run
+    from cliplens.bench.dream import contact_sheet
+    from cliplens.bench.pixel_judge import judge_rendered
+
     vocabulary = list(cliplens.DEMO_LABELS)
     chosen = list(labels) if labels else vocabulary
     unknown = [label for label in chosen if label not in vocabulary]
     if unknown and model == "demo":
         raise UsageError(f"{unknown[0]!r} is not a demo label (e.g. 'red circle')")
+    cliplens.check_dream_options("a prompt", size=size, guidance=guidance)
+    if sheet is not None:
+        check_output(sheet, "sheet", overwrite=True)
     encoder = load_model_with_status(model, device, "torch", "fp32")
+    images = []
     with progress("dreaming", unit="images") as bar:
         task = bar.add_task("dreaming", total=len(chosen), rate="")
         result = run(encoder, vocabulary if model == "demo" else chosen, prompts=chosen, template=template,
-                     steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"))
-    figures = {"model": encoder.name, "device": encoder.info.device, "machine": _machine(), **result.to_dict()}
+                     steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"), size=size, guidance=guidance,
+                     on_image=lambda label, image: images.append((label, image)))
+    if sheet is not None:
+        contact_sheet(images, result.runs).save(sheet)
+    figures = {"model": encoder.name, "device": encoder.info.device, "machine": _machine(), **result.to_dict(),
+               "judge_on_plain_drawings": judge_rendered(150, seed=1)}
     if as_json:
         emit_json(figures)
         return
     for r in result.runs:
-        out.print(f"{r.prompt:24s} {r.seconds:6.1f} s  P({r.label}) {r.probability:.3f}  top {r.top}  "
-                  f"similarity {r.start_similarity:.3f} → {r.similarity:.3f}", highlight=False)
+        verdict = r.pixels
+        pixels = (f"  pixels: {verdict['colour_share']:5.1%} {r.label.split()[0]}, "
+                  f"{'one object' if verdict['one_object'] else 'no single object'}, looks {verdict['seen_shape'] or '-'}"
+                  if verdict else "")
+        out.print(f"{r.prompt:18s} {r.seconds:5.1f} s  model: P {r.probability:.2f}, top {r.top}{pixels}", highlight=False)
     summary = result.to_dict()
-    out.print(f"{result.passed}/{len(result.runs)} prompts at P ≥ {result.threshold} as the top label among "
-              f"{result.labels}; median P {summary['median_probability']:.3f}, min {summary['min_probability']:.3f}; "
-              f"median {summary['median_seconds']:.1f} s per image, max {summary['max_seconds']:.1f} s "
-              f"({result.runs[0].steps} steps, seed {seed}, {_machine()})", highlight=False)
+    judged = summary["pixels"]
+    out.print(f"model: the prompt's label is its top label for {result.ranked_first}/{len(result.runs)} images "
+              f"(P ≥ {result.threshold} for {result.passed}); median P {summary['median_probability']:.3f}",
+              highlight=False)
+    if judged:
+        drawings = figures["judge_on_plain_drawings"]
+        out.print(f"pixels: the named colour dominates and forms one object in {judged['recognisable']}/"
+                  f"{judged['judged']}; the object has the named shape in {judged['right_shape']}/{judged['judged']} "
+                  f"(the same judge on plain drawings: {drawings['recognisable']:.0%} and {drawings['right_shape']:.0%})",
+                  highlight=False)
+    out.print(f"median {summary['median_seconds']:.1f} s per {result.size[0]}×{result.size[1]} image, max "
+              f"{summary['max_seconds']:.1f} s ({result.runs[0].steps} steps, {result.guidance} guidance, seed {seed}, "
+              f"{_machine()})", highlight=False)
+    if sheet is not None:
+        err.print(f"contact sheet → {cliplens.display_path(sheet)}", highlight=False)
 
 
 def bench_serve(requests: int = typer.Option(256, "--requests", "-n", callback=at_least(1), help="Classify requests per measurement."),

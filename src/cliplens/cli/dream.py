@@ -38,8 +38,12 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
           steps: Optional[int] = typer.Option(None, "--steps", metavar="N", callback=at_least(1),
                                               help="Optimisation steps (default 400)."),
           size: Optional[str] = typer.Option(None, "--size", metavar="WxH",
-                                             help="Width x height in pixels (default: the model's input size; with "
-                                                  "--init, the photo's, longer side at most 512)."),
+                                             help="Width x height in pixels (default: 256x256, or the model's input "
+                                                  "when larger; with --init, the photo's, longer side at most 512)."),
+          guidance: str = typer.Option("robust", "--guidance", metavar="RECIPE",
+                                       help="robust (many jittered views, a smoother spectrum: shapes a person "
+                                            "recognises) or plain (CLIP+FFT as it was: what the model alone "
+                                            "rewards)."),
           seed: int = typer.Option(0, "--seed", metavar="N", help="Same seed, same device: the same image."),
           init: Optional[Path] = typer.Option(None, "--init", metavar="FILE",
                                               help="Start from this photo and edit it toward the prompt."),
@@ -51,9 +55,11 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
           lr: Optional[float] = typer.Option(None, "--lr", metavar="RATE",
                                              help="Adam's learning rate (default 0.05 fft, 0.1 pixel)."),
           cutouts: Optional[int] = typer.Option(None, "--cutouts", metavar="N", callback=at_least(1),
-                                                help="Random views of the image per step (default 8)."),
+                                                help="Random views of the image per step (default: the recipe's, 16 robust, 8 "
+                                     "plain)."),
           tv_weight: Optional[float] = typer.Option(None, "--tv-weight", metavar="W", callback=at_least(0),
-                                                    help="Smoothness (total variation) weight (default 0.05)."),
+                                                    help="Smoothness (total variation) weight (default: the "
+                                                         "recipe's, 0.3 robust, 0.05 plain)."),
           frames: Optional[Path] = typer.Option(None, "--frames", metavar="DIR",
                                                 help="Write intermediate images into this folder."),
           gif: Optional[Path] = typer.Option(None, "--gif", metavar="FILE", help="Write the run as an animated GIF."),
@@ -74,7 +80,7 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
     options = {k: v for k, v in given.items() if v is not None}  # the library's defaults for the rest
     # everything that can be wrong is said before the model loads and the run starts
     cliplens.check_dream_options(prompt, negative or (), param=param, lr=lr, cutouts=cutouts, size=size,
-                                 frame_every=frame_every, **options)
+                                 frame_every=frame_every, guidance=guidance, **options)
     if backend not in ("torch", "auto"):
         raise UsageError("dream follows gradients through the model, which needs torch",
                          value=str(backend), parameter="backend")
@@ -112,6 +118,7 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
 
         result = cliplens.dream(prompt, encoder, negative=negative or (), size=size, seed=seed, init=init,
                                 param=param, lr=lr, cutouts=cutouts, on_step=on_step, frame_every=frame_every,
+                                guidance=guidance,
                                 on_frame=on_frame if (frames is not None or gif is not None) else None, **options)
     result.save(out_file)
     if gif is not None:

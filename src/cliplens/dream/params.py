@@ -113,18 +113,18 @@ class FourierParam(ImageParam):
         return (1, 3, height, width // 2 + 1, 2)
 
     @classmethod
-    def random(cls, height, width, generator, device="cpu", sd=0.01):
+    def random(cls, height, width, generator, device="cpu", sd=0.01, decay: float = 1.0):
         import torch
 
         spectrum = torch.randn(cls.shape(height, width), generator=generator) * sd
-        return cls(spectrum.to(device).requires_grad_(True), height, width)
+        return cls(spectrum.to(device).requires_grad_(True), height, width, decay)
 
     @classmethod
-    def from_image(cls, pixels, device="cpu"):
+    def from_image(cls, pixels, device="cpu", decay: float = 1.0):
         import torch
 
         height, width = pixels.shape[-2:]
-        this = cls(torch.zeros(cls.shape(height, width), device=device).requires_grad_(True), height, width)
+        this = cls(torch.zeros(cls.shape(height, width), device=device).requires_grad_(True), height, width, decay)
         logits = torch.logit(pixels.to(device).clamp(EDGE, 1 - EDGE))
         decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(this.colors), logits)
         spectrum = torch.fft.rfft2(decorrelated * FFT_IMAGE_DIVISOR, norm="ortho")
@@ -140,10 +140,46 @@ class FourierParam(ImageParam):
         return torch.einsum("ij,njhw->nihw", self.colors, image).sigmoid()
 
 
-def make_param(kind: str, height: int, width: int, generator, device: str = "cpu", init=None) -> ImageParam:
-    """A random image of ``kind`` (``fft`` or ``pixel``), or one that starts as ``init`` ((1, 3, H, W) in [0, 1])."""
-    cls = {"fft": FourierParam, "pixel": PixelParam}[kind]
-    return cls.from_image(init, device) if init is not None else cls.random(height, width, generator, device)
+class FourierAlpha:
+    """An opacity mask parameterised as a one-channel spectrum scaled by 1/frequency**decay, through a sigmoid
+    (Lucid's transparent images): the image is composited over a new plain background in every view, so
+    only what is drawn (opaque) can carry the prompt, as an object on a ground."""
+
+    def __init__(self, param, height: int, width: int, decay: float = 1.0):
+        import torch
+
+        self.param, self.height, self.width = param, height, width
+        fy = torch.fft.fftfreq(height, device=param.device)[:, None]
+        fx = torch.fft.rfftfreq(width, device=param.device)[None, :]
+        freqs = torch.sqrt(fx * fx + fy * fy)
+        self.scale = (1.0 / freqs.clamp(min=1.0 / max(height, width)) ** decay)[None, None, :, :, None]
+
+    @classmethod
+    def random(cls, height: int, width: int, generator, device: str = "cpu", sd: float = 0.01,
+               decay: float = 1.0) -> "FourierAlpha":
+        import torch
+
+        spectrum = torch.randn((1, 1, height, width // 2 + 1, 2), generator=generator) * sd
+        return cls(spectrum.to(device).requires_grad_(True), height, width, decay)
+
+    def alpha(self):
+        """The mask, (1, 1, H, W) in [0, 1]."""
+        import torch
+
+        spectrum = torch.view_as_complex((self.param * self.scale).contiguous())
+        return (torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / FFT_IMAGE_DIVISOR).sigmoid()
+
+
+def make_param(kind: str, height: int, width: int, generator, device: str = "cpu", init=None,
+               decay: float = 1.0) -> ImageParam:
+    """A random image of ``kind`` (``fft`` or ``pixel``), or one that starts as ``init`` ((1, 3, H, W) in [0, 1]);
+    ``decay``: the Fourier spectrum's 1/frequency**decay scaling (larger: smoother, larger shapes)."""
+    if kind == "pixel":
+        return PixelParam.from_image(init, device) if init is not None else PixelParam.random(height, width, generator,
+                                                                                             device)
+    if init is not None:
+        return FourierParam.from_image(init, device, decay=decay)
+    return FourierParam.random(height, width, generator, device, decay=decay)
 
 
 def pil_to_tensor(image: Image.Image):
@@ -169,7 +205,8 @@ class Augment:
 
     Each view is a square crop whose side is a uniform fraction in [``min_scale``, ``max_scale``] of the
     image's shorter side, at a uniform position, resized to the model's input, mirrored with
-    probability ``flip``, plus Gaussian noise of standard deviation ``noise`` (in [0, 1] pixel units).
+    probability ``flip``, its colours jittered (each channel scaled by 1 ± ``jitter`` and shifted by
+    ± ``jitter``/2, uniformly), plus Gaussian noise of standard deviation ``noise`` (in [0, 1] pixel units).
     """
 
     cutouts: int = 8
@@ -177,25 +214,34 @@ class Augment:
     max_scale: float = 1.0
     flip: float = 0.5
     noise: float = 0.02
+    jitter: float = 0.0
 
 
-def resample_matrix(start: float, length: float, out: int, size: int, flip: bool = False) -> np.ndarray:
+def resample_matrix(start: float, length: float, out: int, size: int, flip: bool = False,
+                    pad: bool = False) -> np.ndarray:
     """The (out, size) matrix that resamples source pixels [start, start + length) of a row of ``size``
     pixels to ``out`` pixels: a triangle filter, widened by the shrink factor when shrinking (as
-    Pillow's bilinear resize), rows normalised; ``flip`` mirrors the output."""
+    Pillow's bilinear resize), rows normalised; ``flip`` mirrors the output. With ``pad``, a window
+    reaching past the row's ends sees zeros there (transparent, for a masked image) instead of the
+    edge pixels stretched."""
     step = length / out
     support = max(1.0, step)
     centres = start + (np.arange(out) + 0.5) * step - 0.5
-    source = np.arange(size)
+    low, high = (int(np.floor(min(0.0, start) - support)), int(np.ceil(max(size, start + length) + support))) \
+        if pad else (0, size)
+    source = np.arange(low, high)
     weights = np.clip(1.0 - np.abs(source[None, :] - centres[:, None]) / support, 0.0, None)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    weights = weights[:, -low : size - low]
     return weights[::-1].copy() if flip else weights
 
 
-def draw_views(height: int, width: int, out: tuple[int, int], augment: Augment, generator):
+def draw_views(height: int, width: int, out: tuple[int, int], augment: Augment, generator, pad: bool = False):
     """Random view matrices for one step: (rows (N, out_h, H), cols (N, out_w, W)) as float32 tensors.
 
-    Every random number comes from ``generator`` (on the CPU), so a seed fixes the views on any device.
+    A scale above 1 views more than the image (zoomed out): with ``pad`` the margin is transparent, else
+    the edges are stretched. Every random number comes from ``generator`` (on the CPU), so a seed fixes
+    the views on any device.
     """
     import torch
 
@@ -206,19 +252,36 @@ def draw_views(height: int, width: int, out: tuple[int, int], augment: Augment, 
     for fraction, y, x, flip in draws:
         side = short * (augment.min_scale + (augment.max_scale - augment.min_scale) * fraction)
         top, left = y * (height - side), x * (width - side)
-        rows.append(resample_matrix(top, side, out[0], height))
-        cols.append(resample_matrix(left, side, out[1], width, flip=bool(flip < augment.flip)))
+        rows.append(resample_matrix(top, side, out[0], height, pad=pad))
+        cols.append(resample_matrix(left, side, out[1], width, flip=bool(flip < augment.flip), pad=pad))
     return (torch.from_numpy(np.stack(rows).astype(np.float32)), torch.from_numpy(np.stack(cols).astype(np.float32)))
 
 
-def render_views(image, rows, cols, noise: float, generator):
-    """The views of ``image`` (1, 3, H, W): crops resized and flipped by the matrices, plus noise; (N, 3, h, w)."""
+def resample_views(image, rows, cols):
+    """Crops of ``image`` (1, C, H, W) resized and flipped by the view matrices: (N, C, h, w)."""
     import torch
 
-    views = torch.einsum("nah,chw,nbw->ncab", rows, image[0], cols)
+    return torch.einsum("nah,chw,nbw->ncab", rows, image[0], cols)
+
+
+def perturb_views(views, noise: float, generator, jitter: float = 0.0):
+    """Views with their colours jittered (per view and channel) and Gaussian noise added."""
+    import torch
+
+    if jitter > 0:
+        n = views.shape[0]
+        gains = 1 + (torch.rand((n, 3, 1, 1), generator=generator) * 2 - 1) * jitter
+        shifts = (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * jitter
+        views = views * gains.to(views.device) + shifts.to(views.device)
     if noise > 0:
         views = views + torch.randn(views.shape, generator=generator).to(views.device) * noise
     return views
+
+
+def render_views(image, rows, cols, noise: float, generator, jitter: float = 0.0):
+    """The views of ``image`` (1, 3, H, W): crops resized and flipped by the matrices, colours jittered, plus
+    noise; (N, 3, h, w)."""
+    return perturb_views(resample_views(image, rows, cols), noise, generator, jitter)
 
 
 def total_variation(image) -> "object":

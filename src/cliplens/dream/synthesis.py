@@ -26,14 +26,44 @@ from ..errors import UsageError
 from ..files import atomic_path
 from ..inputs.images import ImageSource, load_image, source_name
 from ..models import Encoder, load_model
-from .params import PARAMS, Augment, draw_views, make_param, parse_size, pil_to_tensor, render_views, \
-    tensor_to_pil, total_variation
+from .params import (PARAMS, Augment, FourierAlpha, draw_views, make_param, parse_size, perturb_views, pil_to_tensor,
+                     render_views, resample_views, tensor_to_pil, total_variation)
 
 DEFAULT_STEPS = 400
 DEFAULT_CUTOUTS = 8
 #: Adam's learning rate per parameterisation (Lucid's 0.05 for the Fourier one; logits need larger steps).
 DEFAULT_LR = {"fft": 0.05, "pixel": 0.1}
 DEFAULT_TV_WEIGHT = 0.05
+#: The ground a masked image is shown on (near white, as the demo shapes' white backgrounds).
+GROUND = 0.98
+#: Without --size or --init, the image's side: at least this, or the model's input when that is larger.
+DEFAULT_SIDE = 256
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """A recipe for the gradients an image follows: its views, smoothness and spectrum."""
+
+    name: str
+    augment: Augment
+    tv_weight: float
+    decay: float = 1.0  # the Fourier spectrum's 1/frequency**decay
+    alpha: float = 0.0  # > 0: an opacity mask, composited over plain grounds in each view; its mean's weight
+    description: str = ""
+
+
+GUIDANCE = {
+    "plain": Guidance("plain", Augment(cutouts=8, min_scale=0.8, max_scale=1.0, flip=0.5, noise=0.02),
+                      tv_weight=0.05, decay=1.0, alpha=0.0,
+                      description="eight near-whole views a step, light noise: what CLIP+FFT does; the model's own "
+                                  "gradients"),
+    "robust": Guidance("robust", Augment(cutouts=16, min_scale=0.7, max_scale=1.2, flip=0.5, noise=0.05, jitter=0.05),
+                       tv_weight=0.5, decay=1.5, alpha=0.5,
+                       description="an opacity mask shown over a new plain grey in each of sixteen views (scales 0.7-1.2, "
+                       "zoomed out past the edges), what is drawn costing more towards the edges, a smoother "
+                       "spectrum and more smoothness: one object on a plain ground"),
+}
+DEFAULT_GUIDANCE = "robust"
 DEFAULT_INIT_WEIGHT = 10.0
 FRAMES = 40  # frames of a run, about, when on_frame is given without frame_every
 #: Sides (pixels) an image may have.
@@ -138,9 +168,10 @@ def deterministic_kernels(device):
 
 
 def check_options(prompt: str, negative: str | Sequence[str] = (), steps: int = DEFAULT_STEPS, param: str = "fft",
-                  lr: float | None = None, cutouts: int | None = None, tv_weight: float = DEFAULT_TV_WEIGHT,
+                  lr: float | None = None, cutouts: int | None = None, tv_weight: float | None = None,
                   init_weight: float = DEFAULT_INIT_WEIGHT, frame_every: int | None = None,
-                  size: tuple[int, int] | str | None = None) -> tuple[str, tuple[str, ...]]:
+                  size: tuple[int, int] | str | None = None,
+                  guidance: str = DEFAULT_GUIDANCE) -> tuple[str, tuple[str, ...]]:
     """Validate :func:`dream`'s options (before a model loads); returns the cleaned prompt and negatives."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError("the prompt is empty: say what the image should show", parameter="prompt")
@@ -151,12 +182,14 @@ def check_options(prompt: str, negative: str | Sequence[str] = (), steps: int = 
         raise UsageError("a negative prompt is empty", parameter="negative")
     if param not in PARAMS:
         raise UsageError(f"choose from {', '.join(PARAMS)}", value=param, parameter="param")
+    if guidance not in GUIDANCE:
+        raise UsageError(f"choose from {', '.join(GUIDANCE)}", value=guidance, parameter="guidance")
     for value, name in ((steps, "steps"), (cutouts, "cutouts")):
         if value is not None and value < 1:
             raise UsageError(f"must be at least 1 (got {value})", parameter=name)
     if lr is not None and not lr > 0:
         raise UsageError(f"must be positive (got {lr})", parameter="lr")
-    for value, name in ((tv_weight, "tv_weight"), (init_weight, "init_weight"), (frame_every or 0, "frame_every")):
+    for value, name in ((tv_weight or 0, "tv_weight"), (init_weight, "init_weight"), (frame_every or 0, "frame_every")):
         if value < 0:
             raise UsageError(f"must not be negative (got {value})", parameter=name)
     if size is not None:
@@ -167,9 +200,10 @@ def check_options(prompt: str, negative: str | Sequence[str] = (), steps: int = 
 def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Sequence[str] = (),
           steps: int = DEFAULT_STEPS, size: tuple[int, int] | str | None = None, seed: int = 0,
           init: ImageSource | None = None, param: str = "fft", lr: float | None = None,
-          cutouts: int | None = None, tv_weight: float = DEFAULT_TV_WEIGHT,
+          cutouts: int | None = None, tv_weight: float | None = None,
           init_weight: float = DEFAULT_INIT_WEIGHT, augment: Augment | None = None, device: str | None = None,
-          on_step: StepFn | None = None, frame_every: int | None = None, on_frame: FrameFn | None = None) -> Dream:
+          on_step: StepFn | None = None, frame_every: int | None = None, on_frame: FrameFn | None = None,
+          guidance: str = DEFAULT_GUIDANCE) -> Dream:
     """Generate an image that ``model`` judges to show ``prompt``; returns a :class:`Dream`.
 
     ``model``: a torch-backend encoder or a name (loaded in torch, fp32). ``negative``: prompts the
@@ -186,17 +220,22 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
     import torch.nn.functional as F
 
     prompt, negative = check_options(prompt, negative, steps, param, lr, cutouts, tv_weight, init_weight,
-                                     frame_every, size)
+                                     frame_every, size, guidance)
     if frame_every is None:
         frame_every = max(1, steps // FRAMES) if on_frame is not None else 0
-    augment = augment or Augment(cutouts=DEFAULT_CUTOUTS)
+    recipe = GUIDANCE[guidance]
+    augment = augment or recipe.augment
     if cutouts is not None:
         augment = replace(augment, cutouts=cutouts)
+    tv_weight = recipe.tv_weight if tv_weight is None else tv_weight
     explicit = check_size(size) if size is not None else None
     start_image = load_image(init) if init is not None else None
+    if start_image is not None and augment.max_scale > 1:  # a photo has no transparent margin to zoom out into
+        augment = replace(augment, min_scale=min(augment.min_scale, 1.0), max_scale=1.0)
     encoder = torch_encoder(model, device)
     out_h, out_w = encoder.input_size
-    width, height = explicit or (_init_size(start_image) if start_image is not None else (out_w, out_h))
+    side = max(DEFAULT_SIDE, out_h, out_w)
+    width, height = explicit or (_init_size(start_image) if start_image is not None else (side, side))
     lr = lr if lr is not None else DEFAULT_LR[param]
 
     started = time.perf_counter()
@@ -211,12 +250,34 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
         if start_image.size != (width, height):
             start_image = start_image.resize((width, height), Image.Resampling.LANCZOS)
         start = pil_to_tensor(start_image).to(dev)
-    image_param = make_param(param, height, width, generator, str(dev), init=start)
-    optimiser = torch.optim.Adam([image_param.param], lr=lr)
+    image_param = make_param(param, height, width, generator, str(dev), init=start, decay=recipe.decay)
+    mask = (FourierAlpha.random(height, width, generator, str(dev), decay=recipe.decay)
+            if recipe.alpha and start is None else None)
+    leaves = [image_param.param] + ([mask.param] if mask is not None else [])
+    if mask is not None:  # what is drawn costs more towards the edges: one object, in the middle, not cut off
+        ys = torch.linspace(-1, 1, height, device=dev)[:, None]
+        xs = torch.linspace(-1, 1, width, device=dev)[None, :]
+        edge_cost = (0.25 + 1.5 * (ys * ys + xs * xs))[None, None]
+    optimiser = torch.optim.Adam(leaves, lr=lr)
 
-    def embed_views(image):
-        rows, cols = draw_views(height, width, (out_h, out_w), augment, generator)
-        views = render_views(image, rows.to(dev), cols.to(dev), augment.noise, generator)
+    def current():
+        """The image as it stands (composited over the ground when it has a mask), its colours and its mask."""
+        rgb = image_param.rgb()
+        if mask is None:
+            return rgb, rgb, None
+        alpha = mask.alpha()
+        return rgb * alpha + (1 - alpha) * GROUND, rgb, alpha
+
+    def embed_views(image, rgb, alpha):
+        rows, cols = draw_views(height, width, (out_h, out_w), augment, generator, pad=alpha is not None)
+        rows, cols = rows.to(dev), cols.to(dev)
+        if alpha is None:
+            views = render_views(image, rows, cols, augment.noise, generator, augment.jitter)
+        else:  # each view drawn over a plain ground of its own (a random grey), then jittered
+            rgba = resample_views(torch.cat([rgb, alpha], 1), rows, cols)
+            grounds = torch.rand((rgba.shape[0], 1, 1, 1), generator=generator).to(dev)
+            views = perturb_views(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]) * grounds, augment.noise, generator,
+                                  augment.jitter)
         if mean is not None:
             views = (views - mean) / std
         return F.normalize(encoder.image_features(views), dim=-1) @ texts.T
@@ -225,22 +286,24 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
     first = None
     with deterministic_kernels(dev):
         for step in range(steps):
-            image = image_param.rgb()
+            image, rgb, alpha = current()
             if step == 0:
                 first = tensor_to_pil(image)
                 if on_frame is not None:
                     on_frame(0, first)
-            sims = embed_views(image)
+            sims = embed_views(image, rgb, alpha)
             similarity = sims[:, 0].mean()
             loss = -similarity
+            if alpha is not None:
+                loss = loss + recipe.alpha * (alpha * edge_cost).mean()
             if negative:
                 loss = loss + sims[:, 1:].mean()
             if tv_weight:
                 loss = loss + tv_weight * total_variation(image)
             if start is not None and init_weight:
                 loss = loss + init_weight * (image - start).pow(2).mean()
-            (grad,) = torch.autograd.grad(loss, [image_param.param])
-            image_param.param.grad = grad
+            for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
+                leaf.grad = grad
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
             similarities.append(float(similarity.detach()))
@@ -248,18 +311,19 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
                 on_step(step + 1, steps, similarities[-1])
             if on_frame is not None and frame_every and (step + 1) % frame_every == 0 and step + 1 < steps:
                 with torch.no_grad():
-                    on_frame(step + 1, tensor_to_pil(image_param.rgb()))
+                    on_frame(step + 1, tensor_to_pil(current()[0]))
     with torch.no_grad():
-        result = tensor_to_pil(image_param.rgb())
+        result = tensor_to_pil(current()[0])
     if on_frame is not None:
         on_frame(steps, result)
     vectors = encoder.encode_images([start_image if start_image is not None else first, result])
     prompt_vector = texts[0].cpu().numpy()
     start_sim, final_sim = (float(v) for v in vectors @ prompt_vector)
     seconds = time.perf_counter() - started
-    settings = {"lr": lr, "cutouts": augment.cutouts, "tv_weight": tv_weight,
+    settings = {"guidance": guidance, "lr": lr, "cutouts": augment.cutouts, "tv_weight": tv_weight,
                 "init_weight": init_weight if start is not None else 0.0, "min_scale": augment.min_scale,
-                "max_scale": augment.max_scale, "flip": augment.flip, "noise": augment.noise}
+                "max_scale": augment.max_scale, "flip": augment.flip, "noise": augment.noise,
+                "jitter": augment.jitter, "decay": recipe.decay if param == "fft" else None}
     return Dream(image=result, prompt=prompt, negative=negative, similarities=similarities, similarity=final_sim,
                  start_similarity=start_sim, steps=steps, seed=int(seed), size=(width, height), param=param,
                  model=encoder.name, device=str(dev), seconds=seconds,

@@ -287,6 +287,19 @@ def render_scene(scene: ShapeScene, rng: random.Random, size: int = 64) -> Image
     return image.resize((size, size), Image.Resampling.BOX)
 
 
+def render_shape(shape: str, colour: str, background: str, rng: random.Random, size: int = 256,
+                 radius: float = 0.3) -> Image.Image:
+    """One shape of ``radius`` (a fraction of the side) at a random place: a plain picture of a colour and a
+    shape, such as a person would draw for "a red circle"."""
+    big = size * 2
+    back = _jitter(BACKGROUNDS[background], rng, 6)
+    image = Image.new("RGB", (big, big), back)
+    r = radius * big
+    cx, cy = rng.uniform(r * 1.1, big - r * 1.1), rng.uniform(r * 1.1, big - r * 1.1)
+    _draw_shape(ImageDraw.Draw(image), shape, cx, cy, r, _jitter(COLOURS[colour], rng), back)
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
 def _draw_sign(draw: ImageDraw.ImageDraw, word: str, background: str, rng: random.Random, size: int
                ) -> tuple[float, float]:
     """The word in a sans face on a plate that contrasts with the background, along the top or bottom
