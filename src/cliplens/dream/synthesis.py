@@ -7,6 +7,11 @@ scales and places, flips, noise), embeds them, and Adam follows the gradient of
 
     − mean cosine(view, prompt) + mean cosine(view, negatives) + tv_weight · TV(image)
     [+ init_weight · mean (image − start)²  when starting from a photo]
+    [+ alpha · mean (opacity · edge cost)  with a mask]
+
+The ``robust`` guidance (the default) gives the image an opacity mask and shows each view over a plain
+grey of its own, zoomed out past the image's edges: only what reads as the prompt on any plain ground is
+followed, so the image becomes an object on a ground rather than the texture the model alone rewards.
 
 What comes out shows what the model "thinks" the caption looks like. The same seed on the same device
 gives the same image: every random number comes from one seeded ``torch.Generator``.
@@ -30,10 +35,8 @@ from .params import (PARAMS, Augment, FourierAlpha, draw_views, make_param, pars
                      render_views, resample_views, tensor_to_pil, total_variation)
 
 DEFAULT_STEPS = 400
-DEFAULT_CUTOUTS = 8
 #: Adam's learning rate per parameterisation (Lucid's 0.05 for the Fourier one; logits need larger steps).
 DEFAULT_LR = {"fft": 0.05, "pixel": 0.1}
-DEFAULT_TV_WEIGHT = 0.05
 #: The ground a masked image is shown on (near white, as the demo shapes' white backgrounds).
 GROUND = 0.98
 #: Without --size or --init, the image's side: at least this, or the model's input when that is larger.
@@ -59,11 +62,14 @@ GUIDANCE = {
                                   "gradients"),
     "robust": Guidance("robust", Augment(cutouts=16, min_scale=0.7, max_scale=1.2, flip=0.5, noise=0.05, jitter=0.05),
                        tv_weight=0.5, decay=1.5, alpha=0.5,
-                       description="an opacity mask shown over a new plain grey in each of sixteen views (scales 0.7-1.2, "
-                       "zoomed out past the edges), what is drawn costing more towards the edges, a smoother "
-                       "spectrum and more smoothness: one object on a plain ground"),
+                       description="an opacity mask shown over a new plain grey in each of sixteen views (scales "
+                                   "0.7-1.2, zoomed out past the edges), what is drawn costing more towards the "
+                                   "edges, a smoother spectrum and more smoothness: one object on a plain ground"),
 }
 DEFAULT_GUIDANCE = "robust"
+#: The default recipe's views per step and smoothness weight.
+DEFAULT_CUTOUTS = GUIDANCE[DEFAULT_GUIDANCE].augment.cutouts
+DEFAULT_TV_WEIGHT = GUIDANCE[DEFAULT_GUIDANCE].tv_weight
 DEFAULT_INIT_WEIGHT = 10.0
 FRAMES = 40  # frames of a run, about, when on_frame is given without frame_every
 #: Sides (pixels) an image may have.
@@ -207,11 +213,13 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
     """Generate an image that ``model`` judges to show ``prompt``; returns a :class:`Dream`.
 
     ``model``: a torch-backend encoder or a name (loaded in torch, fp32). ``negative``: prompts the
-    image should not look like. ``size``: (width, height) or ``"WxH"``; default the model's input size,
-    or with ``init`` the start image's own size (longer side at most 512). ``init``: a photo (path,
-    bytes or PIL image) to edit toward the prompt, kept close to itself by ``init_weight``.
+    image should not look like. ``size``: (width, height) or ``"WxH"``; default 256×256 (the model's
+    input when larger), or with ``init`` the start image's own size (longer side at most 512). ``init``: a photo (path,
+    bytes or PIL image) to edit toward the prompt, kept close to itself by ``init_weight``. ``guidance``:
+    the recipe (:data:`GUIDANCE`) whose views, smoothness (``tv_weight``, unless given) and spectrum the
+    gradients follow: ``robust`` (an object on a plain ground) or ``plain`` (CLIP+FFT as it was).
     ``param``: ``fft`` or ``pixel``. ``lr``: Adam's learning rate (default by ``param``).
-    ``cutouts``: views per step (default 8; ``augment`` sets the other view options). ``on_step(step, steps,
+    ``cutouts``: views per step (default: the recipe's; ``augment`` sets the other view options). ``on_step(step, steps,
     similarity)`` hears each step; ``on_frame(step, image)`` gets the image at step 0, every
     ``frame_every`` steps (default: about 40 frames in all) and at the end. The same ``seed`` on the same
     device gives the same image.
