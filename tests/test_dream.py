@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import cliplens
 from cliplens.inputs.demo_data import DEMO_LABELS, generate
 from cliplens.dream import Dream, dream, torch_encoder
-from cliplens.dream.params import (Augment, FourierParam, PixelParam, draw_views, parse_size, pil_to_tensor,
-                                   render_views, resample_matrix)
+from cliplens.dream.params import (Augment, FourierParam, LayerColour, PixelParam, draw_views, parse_size,
+                                   perturb_views, pil_to_tensor, render_views, resample_matrix)
 from cliplens.errors import ImageLoadError, UsageError
 from cliplens.models import Encoder
 
@@ -56,13 +56,25 @@ def test_from_noise_the_model_sees_the_prompt_in_what_it_dreamed(demo_model, sha
     assert np.mean(result.similarities[-20:]) > np.mean(result.similarities[:20]) + 0.2
 
 
-def test_by_default_a_dream_is_256_pixels_of_an_object_on_a_plain_ground(demo_model, shapes):
+def _hues(image: Image.Image, ground: float = 0.98) -> np.ndarray:
+    """The hues (degrees) of an image's clearly coloured pixels that are not the ground."""
+    hsv = np.asarray(image.convert("HSV"), np.float64)
+    coloured = (hsv[..., 1] > 0.35 * 255) & (hsv[..., 2] > 0.25 * 255)
+    return hsv[coloured][:, 0] * 360 / 255
+
+
+def test_by_default_a_dream_is_256_pixels_of_one_coloured_object_on_a_plain_ground(demo_model, shapes):
     result = dream("a blue square", demo_model, seed=3, steps=60)
     assert result.size == (256, 256) and result.image.size == (256, 256)
-    assert result.settings["guidance"] == "robust" and result.settings["cutouts"] == 16
+    assert result.settings["guidance"] == "object" and result.settings["cutouts"] == 16
+    assert result.settings["shading"] == 0.5 and result.settings["desaturate"] == 0.6
     pixels = np.asarray(result.image, np.float64)
     ground = np.all(np.abs(pixels - 0.98 * 255) < 12, axis=-1)
     assert 0.3 < ground.mean() < 0.98  # what is not drawn shows the ground, not a texture
+    # what is drawn is one colour: its hues spread over a few degrees, where robust's free colours spread widely
+    free = dream("a blue square", demo_model, seed=3, steps=60, guidance="robust")
+    assert np.percentile(_hues(result.image), 95) - np.percentile(_hues(result.image), 5) < 20
+    assert np.percentile(_hues(free.image), 95) - np.percentile(_hues(free.image), 5) > 40
     plain = dream("a blue square", demo_model, seed=3, steps=60, guidance="plain", size="256x256")
     assert np.all(np.abs(np.asarray(plain.image, np.float64) - 0.98 * 255) < 12, axis=-1).mean() < 0.05
 
@@ -119,6 +131,28 @@ def test_pixel_parameterisation_negatives_size_and_frames(demo_model):
     assert data["size"] == [96, 80] and len(data["similarities"]) == 20 and "image" not in data
     json.dumps(data)
     assert np.mean(result.similarities[-5:]) > np.mean(result.similarities[:5])
+
+
+def test_a_layer_colour_is_one_hue_shaded_and_its_views_can_be_washed_out():
+    generator = torch.Generator().manual_seed(0)
+    layer = LayerColour.random(24, 20, generator, shading=1.0, sd=1.0)
+    with torch.no_grad():
+        layer.base.copy_(torch.tensor([2.0, -1.0, 0.5]).view(1, 3, 1, 1))
+    logits = torch.logit(layer.rgb().detach().double())
+    # one shade for all channels: the channels' differences (the hue's logits) are the same at every pixel
+    assert torch.allclose(logits[0, 0] - logits[0, 1], torch.full((24, 20), 3.0, dtype=torch.float64), atol=1e-4)
+    assert logits[0, 0].max() - logits[0, 0].min() > 0.1  # but light and shade vary
+    assert (logits[0, 0] - 2.0).abs().max() <= 1.0 + 1e-4  # within ± shading
+    assert {p.data_ptr() for p in layer.leaves} == {layer.base.data_ptr(), layer.shade.param.data_ptr()}
+    views = torch.rand((6, 3, 8, 8), generator=generator)
+    washed = perturb_views(views, 0.0, torch.Generator().manual_seed(1), desaturate=1.0)
+    grey = views.mean(dim=1, keepdim=True)
+    # each view lies between itself and its own grey, by one amount for all its pixels
+    change, spread = (views - washed).flatten(1), (views - grey).flatten(1)
+    amount = (change * spread).sum(1) / (spread * spread).sum(1)
+    assert torch.allclose(change, amount[:, None] * spread, atol=1e-5)
+    assert torch.all((amount >= 0) & (amount <= 1)) and amount.std() > 0.05
+    assert torch.equal(perturb_views(views, 0.0, torch.Generator().manual_seed(1)), views)
 
 
 def test_views_are_crops_resized_and_flipped():

@@ -13,7 +13,8 @@ from .calibrate import CalibrationRun, calibrate
 from .caption import BankFit, Caption, CaptionLabel, Captioner, calibrate_bank, caption
 from .classify import Classification, Classifier, LabelScore, classify
 from .curate import PairScores, Ranking, clip_scores, copy_ranked, rank_images, rank_vectors
-from .dream import Dream, check_options as check_dream_options, dream, save_gif
+from .dream import (DEFAULT_GUIDANCE as DEFAULT_DREAM_GUIDANCE, GUIDANCE as DREAM_GUIDANCE, Dream,
+                    check_options as check_dream_options, dream, save_gif)
 from .errors import (CliplensError, DataError, ImageLoadError, ModelLoadError, ModelNotFoundError, OutputError,
                      UsageError)
 from .evaluate import CaptionedSet, EvalResult, LabelledSet, evaluate, read_eval_dataset
@@ -66,7 +67,7 @@ __all__ = [
     "caption", "default_bank_names", "read_bank", "resolve_banks",
     # ranking, scoring, synthesis
     "PairScores", "Ranking", "clip_scores", "copy_ranked", "rank_images", "rank_vectors",
-    "Dream", "check_dream_options", "dream", "save_gif",
+    "DEFAULT_DREAM_GUIDANCE", "DREAM_GUIDANCE", "Dream", "check_dream_options", "dream", "save_gif",
     # photo search
     "DuplicateGroup", "IndexDamagedError", "IndexRun", "ModelMismatchError", "PhotoIndex", "SearchFilter", "SearchResult",
     "export_index", "import_index", "index_errors", "parse_position", "search_index", "update_index",

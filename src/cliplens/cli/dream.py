@@ -40,10 +40,10 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
           size: Optional[str] = typer.Option(None, "--size", metavar="WxH",
                                              help="Width x height in pixels (default: 256x256, or the model's input "
                                                   "when larger; with --init, the photo's, longer side at most 512)."),
-          guidance: str = typer.Option("robust", "--guidance", metavar="RECIPE",
-                                       help="robust (many jittered views, a smoother spectrum: shapes a person "
-                                            "recognises) or plain (CLIP+FFT as it was: what the model alone "
-                                            "rewards)."),
+          guidance: str = typer.Option(cliplens.DEFAULT_DREAM_GUIDANCE, "--guidance", metavar="RECIPE",
+                                       help="object (one object of one clear colour on a plain ground), robust "
+                                            "(an object on a plain ground, in any colours) or plain (CLIP+FFT as "
+                                            "it was: what the model alone rewards)."),
           seed: int = typer.Option(0, "--seed", metavar="N", help="Same seed, same device: the same image."),
           init: Optional[Path] = typer.Option(None, "--init", metavar="FILE",
                                               help="Start from this photo and edit it toward the prompt."),

@@ -10,6 +10,10 @@ Two parameterisations (Olah et al., "Feature Visualization", Distill 2017, and L
 
 Both can start from a photo: :meth:`ImageParam.from_image` inverts the map, so step 0 reproduces it.
 
+Without a photo, the masked recipes add an opacity mask (:class:`FourierAlpha`, a one-channel spectrum), and
+the ``object`` recipe draws what is under it in one colour (:class:`LayerColour`: three colour logits and a
+smooth one-channel shade bounded to a fraction of a logit), so that it reads as one coloured thing.
+
 The views (random square crops at random scales, flips and noise) are resampled with small
 interpolation matrices (a triangle filter, widened when a crop is shrunk, as Pillow's bilinear
 resize does), so a view is two matrix products: cheap, anti-aliased, differentiable, and free of the
@@ -132,12 +136,41 @@ class FourierParam(ImageParam):
             this.param.copy_(torch.view_as_real(spectrum) / this.scale)
         return this
 
-    def rgb(self):
+    def logits(self):
+        """The image before the sigmoid: (1, 3, H, W)."""
         import torch
 
         spectrum = torch.view_as_complex((self.param * self.scale).contiguous())
         image = torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / FFT_IMAGE_DIVISOR
-        return torch.einsum("ij,njhw->nihw", self.colors, image).sigmoid()
+        return torch.einsum("ij,njhw->nihw", self.colors, image)
+
+    def rgb(self):
+        return self.logits().sigmoid()
+
+
+class LayerColour:
+    """The colour of a drawn layer: one colour for all of it (three logits) plus a shading, a smooth Fourier
+    image bounded to ± ``shading`` logits, so that light and shade can vary over it but not its hue's
+    mixture: what is drawn reads as one coloured thing."""
+
+    def __init__(self, base, shade: "FourierAlpha", shading: float):
+        self.base, self.shade, self.shading = base, shade, shading
+        self.height, self.width = shade.height, shade.width
+
+    @classmethod
+    def random(cls, height: int, width: int, generator, device: str = "cpu", shading: float = 1.0,
+               decay: float = 2.0, sd: float = 0.01) -> "LayerColour":
+        import torch
+
+        base = (torch.randn((1, 3, 1, 1), generator=generator) * sd).to(device).requires_grad_(True)
+        return cls(base, FourierAlpha.random(height, width, generator, device, sd=sd, decay=decay), shading)
+
+    @property
+    def leaves(self) -> list:
+        return [self.base, self.shade.param]
+
+    def rgb(self):
+        return (self.base + self.shading * self.shade.logits().tanh()).sigmoid()  # one shade for all channels
 
 
 class FourierAlpha:
@@ -162,12 +195,16 @@ class FourierAlpha:
         spectrum = torch.randn((1, 1, height, width // 2 + 1, 2), generator=generator) * sd
         return cls(spectrum.to(device).requires_grad_(True), height, width, decay)
 
-    def alpha(self):
-        """The mask, (1, 1, H, W) in [0, 1]."""
+    def logits(self):
+        """The mask before the sigmoid, (1, 1, H, W)."""
         import torch
 
         spectrum = torch.view_as_complex((self.param * self.scale).contiguous())
-        return (torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / FFT_IMAGE_DIVISOR).sigmoid()
+        return torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / FFT_IMAGE_DIVISOR
+
+    def alpha(self):
+        """The mask, (1, 1, H, W) in [0, 1]."""
+        return self.logits().sigmoid()
 
 
 def make_param(kind: str, height: int, width: int, generator, device: str = "cpu", init=None,
@@ -215,6 +252,7 @@ class Augment:
     flip: float = 0.5
     noise: float = 0.02
     jitter: float = 0.0
+    desaturate: float = 0.0
 
 
 def resample_matrix(start: float, length: float, out: int, size: int, flip: bool = False,
@@ -264,10 +302,15 @@ def resample_views(image, rows, cols):
     return torch.einsum("nah,chw,nbw->ncab", rows, image[0], cols)
 
 
-def perturb_views(views, noise: float, generator, jitter: float = 0.0):
-    """Views with their colours jittered (per view and channel) and Gaussian noise added."""
+def perturb_views(views, noise: float, generator, jitter: float = 0.0, desaturate: float = 0.0):
+    """Views with their colours jittered (per view and channel), each mixed towards its own grey by a random
+    part of ``desaturate``, and Gaussian noise added."""
     import torch
 
+    if desaturate > 0:
+        n = views.shape[0]
+        amount = (torch.rand((n, 1, 1, 1), generator=generator) * desaturate).to(views.device)
+        views = views * (1 - amount) + views.mean(dim=1, keepdim=True) * amount
     if jitter > 0:
         n = views.shape[0]
         gains = 1 + (torch.rand((n, 3, 1, 1), generator=generator) * 2 - 1) * jitter

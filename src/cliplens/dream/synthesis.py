@@ -9,9 +9,13 @@ scales and places, flips, noise), embeds them, and Adam follows the gradient of
     [+ init_weight · mean (image − start)²  when starting from a photo]
     [+ alpha · mean (opacity · edge cost)  with a mask]
 
-The ``robust`` guidance (the default) gives the image an opacity mask and shows each view over a plain
-grey of its own, zoomed out past the image's edges: only what reads as the prompt on any plain ground is
-followed, so the image becomes an object on a ground rather than the texture the model alone rewards.
+The ``robust`` guidance gives the image an opacity mask and shows each view over a plain grey of its own,
+zoomed out past the image's edges: only what reads as the prompt on any plain ground is followed, so the
+image becomes an object on a ground rather than the texture the model alone rewards. The ``object`` guidance
+(the default) also draws it in one colour, shaded (:class:`~.params.LayerColour`), and washes each view out
+towards grey by a random amount, so that only a clear colour keeps reading as the prompt's; its views are
+zoomed out further, so the object fills more of the image. Followed through a robust model's gradients
+(``demo-robust``, trained with ``cliplens train --adversarial``), that object takes the named shape.
 
 What comes out shows what the model "thinks" the caption looks like. The same seed on the same device
 gives the same image: every random number comes from one seeded ``torch.Generator``.
@@ -31,7 +35,7 @@ from ..errors import UsageError
 from ..files import atomic_path
 from ..inputs.images import ImageSource, load_image, source_name
 from ..models import Encoder, load_model
-from .params import (PARAMS, Augment, FourierAlpha, draw_views, make_param, parse_size, perturb_views, pil_to_tensor,
+from .params import (PARAMS, Augment, FourierAlpha, LayerColour, draw_views, make_param, parse_size, perturb_views, pil_to_tensor,
                      render_views, resample_views, tensor_to_pil, total_variation)
 
 DEFAULT_STEPS = 400
@@ -52,6 +56,7 @@ class Guidance:
     tv_weight: float
     decay: float = 1.0  # the Fourier spectrum's 1/frequency**decay
     alpha: float = 0.0  # > 0: an opacity mask, composited over plain grounds in each view; its mean's weight
+    shading: float | None = None  # with a mask: what is drawn is one colour, shaded by up to ± this many logits
     description: str = ""
 
 
@@ -65,8 +70,16 @@ GUIDANCE = {
                        description="an opacity mask shown over a new plain grey in each of sixteen views (scales "
                                    "0.7-1.2, zoomed out past the edges), what is drawn costing more towards the "
                                    "edges, a smoother spectrum and more smoothness: one object on a plain ground"),
+    "object": Guidance("object", Augment(cutouts=16, min_scale=1.2, max_scale=2.2, flip=0.5, noise=0.05, jitter=0.05,
+                                         desaturate=0.6),
+                       tv_weight=0.5, decay=1.5, alpha=0.5, shading=0.5,
+                       description="what is drawn is one colour (shaded by up to half a logit) under an opacity mask, "
+                                   "each of sixteen views shows it over a plain grey of its own, zoomed out to "
+                                   "1.2-2.2 times the image and washed out towards grey by up to 60%: one object of "
+                                   "one clear colour, large, on a plain ground; with a robust model (demo-robust), "
+                                   "of the named shape"),
 }
-DEFAULT_GUIDANCE = "robust"
+DEFAULT_GUIDANCE = "object"
 #: The default recipe's views per step and smoothness weight.
 DEFAULT_CUTOUTS = GUIDANCE[DEFAULT_GUIDANCE].augment.cutouts
 DEFAULT_TV_WEIGHT = GUIDANCE[DEFAULT_GUIDANCE].tv_weight
@@ -258,10 +271,15 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
         if start_image.size != (width, height):
             start_image = start_image.resize((width, height), Image.Resampling.LANCZOS)
         start = pil_to_tensor(start_image).to(dev)
-    image_param = make_param(param, height, width, generator, str(dev), init=start, decay=recipe.decay)
-    mask = (FourierAlpha.random(height, width, generator, str(dev), decay=recipe.decay)
-            if recipe.alpha and start is None else None)
-    leaves = [image_param.param] + ([mask.param] if mask is not None else [])
+    layered = bool(recipe.alpha) and start is None
+    if layered and recipe.shading is not None:
+        image_param = LayerColour.random(height, width, generator, str(dev), shading=recipe.shading)
+        leaves = list(image_param.leaves)
+    else:
+        image_param = make_param(param, height, width, generator, str(dev), init=start, decay=recipe.decay)
+        leaves = [image_param.param]
+    mask = FourierAlpha.random(height, width, generator, str(dev), decay=recipe.decay) if layered else None
+    leaves += [mask.param] if mask is not None else []
     if mask is not None:  # what is drawn costs more towards the edges: one object, in the middle, not cut off
         ys = torch.linspace(-1, 1, height, device=dev)[:, None]
         xs = torch.linspace(-1, 1, width, device=dev)[None, :]
@@ -285,7 +303,7 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
             rgba = resample_views(torch.cat([rgb, alpha], 1), rows, cols)
             grounds = torch.rand((rgba.shape[0], 1, 1, 1), generator=generator).to(dev)
             views = perturb_views(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]) * grounds, augment.noise, generator,
-                                  augment.jitter)
+                                  augment.jitter, augment.desaturate)
         if mean is not None:
             views = (views - mean) / std
         return F.normalize(encoder.image_features(views), dim=-1) @ texts.T
@@ -331,7 +349,9 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
     settings = {"guidance": guidance, "lr": lr, "cutouts": augment.cutouts, "tv_weight": tv_weight,
                 "init_weight": init_weight if start is not None else 0.0, "min_scale": augment.min_scale,
                 "max_scale": augment.max_scale, "flip": augment.flip, "noise": augment.noise,
-                "jitter": augment.jitter, "decay": recipe.decay if param == "fft" else None}
+                "jitter": augment.jitter, "desaturate": augment.desaturate if mask is not None else 0.0,
+                "shading": recipe.shading if mask is not None else None,
+                "decay": recipe.decay if param == "fft" or mask is not None else None}
     return Dream(image=result, prompt=prompt, negative=negative, similarities=similarities, similarity=final_sim,
                  start_similarity=start_sim, steps=steps, seed=int(seed), size=(width, height), param=param,
                  model=encoder.name, device=str(dev), seconds=seconds,
