@@ -102,6 +102,12 @@ def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."
           lora: int = typer.Option(0, "--lora", metavar="RANK", callback=at_least(0),
                                    help="Train low-rank adapters of this rank (peft) and save only them; "
                                         "cliplens merge makes a plain checkpoint."),
+          adversarial: float = typer.Option(0.0, "--adversarial", metavar="RADIUS", callback=at_least(0),
+                                            help="Adversarial training: learn from each batch moved within this L2 "
+                                                 "radius (pixels in 0-1) to raise the loss; a robust model, whose "
+                                                 "gradients dream draws recognisable shapes with."),
+          adversarial_steps: int = typer.Option(3, "--adversarial-steps", metavar="N", callback=at_least(1),
+                                                help="Gradient steps of each --adversarial move."),
           calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                          help="Refit the none-of-these calibration on the held-out sets at the end."),
           resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
@@ -118,7 +124,7 @@ def train(pairs: Path = typer.Argument(..., help="CSV or JSONL of path,caption."
                                save_every=save_every, soft_targets=not hard_targets,
                                eval_new=str(eval_new) if eval_new else None,
                                eval_keep=str(eval_keep) if eval_keep else None, freeze=freeze, lora=lora, wise=wise,
-                               wise_bound=wise_bound)
+                               wise_bound=wise_bound, adversarial=adversarial, adversarial_steps=adversarial_steps)
     cliplens.check_train_config(cfg)
     held: dict = {}
     with progress("training", unit="steps") as bar:

@@ -25,6 +25,7 @@ from ..files import atomic_path, atomic_write_json, display_path
 from ..inputs.pairs import read_pairs
 from ..scores.calibration import CALIBRATION_FILE
 from ..models import ALIASES, DEMO_DIR, ImagePreprocessor, TransformersEncoder, resolve_model_dir
+from .adversarial import l2_attack, normaliser, pixels_01
 from .batches import PairImages
 from .held_out import HeldOutSet, demo_keep_set, read_held_out, zero_shot_top1
 from .loss import contrastive_loss
@@ -81,6 +82,8 @@ class TrainConfig:
     lora: int = 0
     wise: str | float | None = None
     wise_bound: float = DEFAULT_BOUND
+    adversarial: float = 0.0
+    adversarial_steps: int = 3
 
     @property
     def method(self) -> str:
@@ -197,6 +200,10 @@ def check_config(config: TrainConfig) -> float | str | None:
         raise UsageError(f"must be at least 2 (got {config.batch_size})", parameter="batch_size")
     if config.lora < 0:
         raise UsageError(f"must be at least 1 (got {config.lora})", parameter="lora")
+    if not config.adversarial >= 0:
+        raise UsageError(f"must not be negative (got {config.adversarial})", parameter="adversarial")
+    if config.adversarial_steps < 1:
+        raise UsageError(f"must be at least 1 (got {config.adversarial_steps})", parameter="adversarial_steps")
     if config.freeze is not None and config.freeze not in FREEZABLE:
         raise UsageError(f"choose from {', '.join(FREEZABLE)}", value=config.freeze, parameter="freeze")
     wise = parse_alpha(config.wise)
@@ -413,11 +420,21 @@ class _Run:
             epoch, offset = divmod(step, steps_per_epoch)
             indices = _order(len(data), config.seed, epoch)[offset * batch_size : (offset + 1) * batch_size]
             pixels, captions = data.batch(indices)
-            pixel_values = torch.from_numpy(self.preprocessor.normalize(pixels))
             tokens = self.tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
-            outputs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                            pixel_values=pixel_values)
-            loss = contrastive_loss(outputs.logits_per_image, captions, config.soft_targets, self.sigmoid)
+
+            def loss_of(pixel_values, tokens=tokens, captions=captions):
+                outputs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                                pixel_values=pixel_values)
+                return contrastive_loss(outputs.logits_per_image, captions, config.soft_targets, self.sigmoid)
+
+            if config.adversarial:
+                normalise = normaliser(self.preprocessor)
+                moved = l2_attack(lambda images: loss_of(normalise(images)),
+                                  pixels_01(pixels, self.preprocessor.rescale_factor), config.adversarial,
+                                  config.adversarial_steps)
+                loss = loss_of(normalise(moved))
+            else:
+                loss = loss_of(torch.from_numpy(self.preprocessor.normalize(pixels)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
