@@ -12,10 +12,14 @@ from .adapters import adapter_base, is_adapter, merged_checkpoint
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEMO_DIR = Path(__file__).parent / "demo"
+#: The demo model adversarially fine-tuned (``cliplens train --adversarial``): its gradients draw shapes.
+DEMO_ROBUST_DIR = Path(__file__).parent / "demo-robust"
 
-#: Short names for well-known checkpoints; ``demo`` is the tiny model shipped inside the package.
+#: Short names for well-known checkpoints; ``demo`` is the tiny model shipped inside the package, ``demo-robust``
+#: its adversarially fine-tuned sibling (for ``cliplens dream``).
 ALIASES: dict[str, str] = {
     "demo": str(DEMO_DIR),
+    "demo-robust": str(DEMO_ROBUST_DIR),
     "clip-b32": "openai/clip-vit-base-patch32",
     "clip-b16": "openai/clip-vit-base-patch16",
     "clip-l14": "openai/clip-vit-large-patch14",
@@ -148,7 +152,7 @@ def list_models() -> list[ModelEntry]:
     entries = []
     for alias, target in ALIASES.items():
         available = Path(target).is_dir() or _cached_snapshot(target) is not None
-        entries.append(ModelEntry(alias, target if alias != "demo" else "bundled", "alias", available))
+        entries.append(ModelEntry(alias, "bundled" if alias in ("demo", "demo-robust") else target, "alias", available))
     try:
         from huggingface_hub import scan_cache_dir
 
