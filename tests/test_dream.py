@@ -224,7 +224,7 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     assert [s["label"] for s in data["classification"]["labels"]] in (["red circle", "blue square"],
                                                                      ["blue square", "red circle"])
     assert Image.open(out).size == (256, 256)  # 256 px whatever the model's input (64 px here)
-    assert data["settings"]["guidance"] == "robust"
+    assert data["settings"]["guidance"] == "object"
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00005.png", "00010.png", "00012.png"]
     with Image.open(gif) as animation:
         assert animation.n_frames == 4

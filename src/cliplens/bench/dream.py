@@ -30,6 +30,8 @@ class DreamRun:
     curve_start: float
     curve_end: float
     pixels: dict = field(default_factory=dict)  # the pixel judge's verdict (colour × shape labels only)
+    referee_top: str = ""  # a second model's top label for the image ("" without a referee)
+    referee_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +44,11 @@ class DreamBench:
     threshold: float
     size: tuple[int, int] = (0, 0)
     guidance: str = ""
+    referee: str = ""  # the second model's name
+
+    @property
+    def referee_first(self) -> int:
+        return sum(run.referee_top == run.label for run in self.runs)
 
     @property
     def passed(self) -> int:
@@ -65,7 +72,8 @@ class DreamBench:
                    "right_shape": int(sum(v["right_shape"] for v in judged))} if judged else None)
         return {"labels": self.labels, "prompts": len(self.runs), "threshold": self.threshold,
                 "size": list(self.size), "guidance": self.guidance, "passed": self.passed,
-                "ranked_first": self.ranked_first, "pixels": pixels,
+                "ranked_first": self.ranked_first, "pixels": pixels, "referee": self.referee or None,
+                "referee_ranked_first": self.referee_first if self.referee else None,
                 "median_probability": statistics.median(probabilities),
                 "min_probability": min(probabilities), "median_seconds": statistics.median(seconds),
                 "max_seconds": max(seconds), "runs": [r.to_dict() for r in self.runs]}
@@ -82,15 +90,18 @@ def colour_and_shape(label: str) -> tuple[str, str] | None:
 def bench_dream(encoder: Encoder, labels: Sequence[str], *, prompts: Sequence[str] | None = None,
                 template: str | None = None, steps: int | None = None, seed: int = 0, threshold: float = 0.9,
                 on_progress: Callable[[int, int], None] | None = None,
-                on_image: Callable[[str, Image.Image], None] | None = None, **options) -> DreamBench:
+                on_image: Callable[[str, Image.Image], None] | None = None, referee: Encoder | None = None,
+                **options) -> DreamBench:
     """Dream ``template.format(label)`` (default "a {}" or "an {}") for each of ``prompts`` (labels; default all
     ``labels``) from noise, timing each generation (the model is already loaded), then classify the image
-    among ``labels`` and judge its pixels. ``options`` go to :func:`cliplens.dream` (``size``, ``guidance``);
+    among ``labels`` and judge its pixels. ``referee``: a second model that classifies each image too (the
+    plain model, when a robust one dreams). ``options`` go to :func:`cliplens.dream` (``size``, ``guidance``);
     ``on_image(label, image)`` gets each image."""
     from ..classify import Classifier
     from ..dream import DEFAULT_STEPS, dream
 
     classifier = Classifier(labels, encoder)
+    second = Classifier(labels, referee) if referee is not None else None
     chosen = list(prompts) if prompts else list(labels)
     runs = []
     size, guidance = (0, 0), ""
@@ -104,14 +115,18 @@ def bench_dream(encoder: Encoder, labels: Sequence[str], *, prompts: Sequence[st
         probability = next((s.probability for s in classification.labels if s.label == label), float("nan"))
         named = colour_and_shape(label)
         pixels = judge(result.image, *named).to_dict() if named else {}
+        refereed = second.classify(result.image) if second is not None else None
         runs.append(DreamRun(label, prompt, seconds, result.steps, probability, classification.top.label,
                              result.start_similarity, result.similarity, result.similarities[0],
-                             result.similarities[-1], pixels))
+                             result.similarities[-1], pixels,
+                             refereed.top.label if refereed is not None else "",
+                             next(s.probability for s in refereed.labels if s.label == label)
+                             if refereed is not None else None))
         if on_image is not None:
             on_image(label, result.image)
         if on_progress is not None:
             on_progress(i + 1, len(chosen))
-    return DreamBench(runs, len(labels), threshold, size, guidance)
+    return DreamBench(runs, len(labels), threshold, size, guidance, referee.name if referee is not None else "")
 
 
 def contact_sheet(images: Sequence[tuple[str, Image.Image]], runs: Sequence[DreamRun], columns: int = 6,
@@ -119,7 +134,7 @@ def contact_sheet(images: Sequence[tuple[str, Image.Image]], runs: Sequence[Drea
     """The dreams in a grid, each captioned with its label, the model's top label and the pixels' verdict
     (colour and one object, and the shape it sees)."""
     rows = (len(images) + columns - 1) // columns
-    caption = 34
+    caption = 48
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
@@ -129,7 +144,8 @@ def contact_sheet(images: Sequence[tuple[str, Image.Image]], runs: Sequence[Drea
         verdict = run.pixels
         marks = (f"pixels {'ok' if verdict.get('recognisable') else 'no'}, {verdict.get('seen_shape') or 'no shape'}"
                  if verdict else "")
-        model_mark = "model ok" if run.top == run.label else f"model: {run.top}"
+        model_mark = "model: ok" if run.top == run.label else f"model: {run.top}"
         draw.text((x + 4, y + tile), label, fill=(0, 0, 0), font=font)
-        draw.text((x + 4, y + tile + 15), f"{marks}  {model_mark}", fill=(90, 90, 90), font=font)
+        draw.text((x + 4, y + tile + 15), marks, fill=(90, 90, 90), font=font)
+        draw.text((x + 4, y + tile + 30), model_mark, fill=(90, 90, 90), font=font)
     return sheet

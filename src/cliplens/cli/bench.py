@@ -572,39 +572,52 @@ def bench_caption(labels: int = typer.Option(10_000, "--labels", callback=at_lea
         err.print(note, highlight=False)
 
 
+#: Models that know the demo vocabulary (the 30 colour × shape labels).
+DEMO_MODELS = ("demo", "demo-robust")
+
+
 def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (default: the 30 demo colour × shape labels)."),
                 steps: int | None = typer.Option(None, "--steps", callback=at_least(1), help="Steps per image (default: dream's, 400)."),
                 seed: int = typer.Option(0, "--seed", help="Seed of each dream."),
                 template: str | None = typer.Option(None, "--template", help="Prompt made from each label (default: 'a {}', 'an {}')."),
                 size: str | None = typer.Option(None, "--size", metavar="WxH", help="Image size (default: dream's, 256x256)."),
-                guidance: str = typer.Option("robust", "--guidance", metavar="RECIPE", help="robust or plain (see dream)."),
+                guidance: str = typer.Option(cliplens.DEFAULT_DREAM_GUIDANCE, "--guidance", metavar="RECIPE",
+                                             help="object, robust or plain (see dream)."),
                 sheet: Path | None = typer.Option(None, "--sheet", metavar="FILE",
                                                   help="Write a contact sheet of the images (PNG) with both verdicts."),
-                model: str = typer.Option("demo", "--model", "-m", help="Model to dream with (default: the demo model)."),
+                model: str = typer.Option("demo-robust", "--model", "-m",
+                                          help="Model to dream with (default: the demo model's robust sibling)."),
+                referee: str | None = typer.Option(None, "--referee", metavar="MODEL",
+                                                   help="A second model that classifies each image too (default: demo "
+                                                        "when dreaming with demo-robust)."),
                 device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA if present)."),
                 as_json: bool = JsonOpt) -> None:
-    """Seconds per `cliplens dream` image from noise, judged twice: by the same model (is the prompt's label its
-    top label among all the labels, and how surely) and by pixel statistics that do not use it (does the named
-    colour dominate and form one object, of the named shape)."""
+    """Seconds per `cliplens dream` image from noise, judged by the model that dreamed it (is the prompt's label
+    its top label among all the labels, and how surely), by a second model (--referee) and by pixel statistics
+    that use no model (does the named colour dominate and form one object, of the named shape)."""
     from cliplens.bench.dream import bench_dream as run
     from cliplens.bench.dream import contact_sheet
     from cliplens.bench.pixel_judge import judge_rendered
 
     vocabulary = list(cliplens.DEMO_LABELS)
     chosen = list(labels) if labels else vocabulary
+    demo_vocabulary = model in DEMO_MODELS
     unknown = [label for label in chosen if label not in vocabulary]
-    if unknown and model == "demo":
+    if unknown and demo_vocabulary:
         raise UsageError(f"{unknown[0]!r} is not a demo label (e.g. 'red circle')")
     cliplens.check_dream_options("a prompt", size=size, guidance=guidance)
     if sheet is not None:
         check_output(sheet, "sheet", overwrite=True)
+    if referee is None and model == "demo-robust":
+        referee = "demo"
     encoder = load_model_with_status(model, device, "torch", "fp32")
+    second = load_model_with_status(referee, device, "torch", "fp32") if referee else None
     images = []
     with progress("dreaming", unit="images") as bar:
         task = bar.add_task("dreaming", total=len(chosen), rate="")
-        result = run(encoder, vocabulary if model == "demo" else chosen, prompts=chosen, template=template,
+        result = run(encoder, vocabulary if demo_vocabulary else chosen, prompts=chosen, template=template,
                      steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"), size=size, guidance=guidance,
-                     on_image=lambda label, image: images.append((label, image)))
+                     on_image=lambda label, image: images.append((label, image)), referee=second)
     if sheet is not None:
         contact_sheet(images, result.runs).save(sheet)
     figures = {"model": encoder.name, "device": encoder.info.device, "machine": _machine(), **result.to_dict(),
@@ -617,12 +630,17 @@ def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (
         pixels = (f"  pixels: {verdict['colour_share']:5.1%} {r.label.split()[0]}, "
                   f"{'one object' if verdict['one_object'] else 'no single object'}, looks {verdict['seen_shape'] or '-'}"
                   if verdict else "")
-        out.print(f"{r.prompt:18s} {r.seconds:5.1f} s  model: P {r.probability:.2f}, top {r.top}{pixels}", highlight=False)
+        second_view = f"  {result.referee}: top {r.referee_top}" if result.referee else ""
+        out.print(f"{r.prompt:18s} {r.seconds:5.1f} s  model: P {r.probability:.2f}, top {r.top}{second_view}{pixels}",
+                  highlight=False)
     summary = result.to_dict()
     judged = summary["pixels"]
     out.print(f"model: the prompt's label is its top label for {result.ranked_first}/{len(result.runs)} images "
               f"(P ≥ {result.threshold} for {result.passed}); median P {summary['median_probability']:.3f}",
               highlight=False)
+    if result.referee:
+        out.print(f"referee {result.referee}: the prompt's label is its top label for {result.referee_first}/"
+                  f"{len(result.runs)} images", highlight=False)
     if judged:
         drawings = figures["judge_on_plain_drawings"]
         out.print(f"pixels: the named colour dominates and forms one object in {judged['recognisable']}/"
