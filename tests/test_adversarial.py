@@ -41,7 +41,8 @@ def test_the_attack_stays_in_its_ball_and_the_pixel_range_and_raises_the_loss():
     assert loss_of(moved) > loss_of(images)
     assert torch.equal(l2_attack(loss_of, images, radius=0.0, steps=3), images)
     pixels = (np.arange(2 * 4 * 4 * 3) % 256).astype(np.uint8).reshape(2, 4, 4, 3)
-    assert torch.allclose(pixels_01(pixels, 1 / 255)[1, :, 2, 3], torch.tensor(pixels[1, 2, 3] / 255, dtype=torch.float32))
+    expected = torch.tensor(pixels[1, 2, 3] / 255, dtype=torch.float32)
+    assert torch.allclose(pixels_01(pixels, 1 / 255)[1, :, 2, 3], expected)
 
 
 def test_an_adversarial_run_learns_from_moved_images(setup, tmp_path):
@@ -55,6 +56,7 @@ def test_an_adversarial_run_learns_from_moved_images(setup, tmp_path):
     assert moved[0] > plain[0] + 0.01
     saved = json.loads((result.out / "cliplens_train.json").read_text())
     assert saved["adversarial"] == 2.0 and saved["adversarial_steps"] == 2
+    assert result.report["method"] == "full, adversarial 2"
 
 
 @pytest.mark.parametrize("settings, parameter", [({"adversarial": -1.0}, "adversarial"),

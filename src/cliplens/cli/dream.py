@@ -55,8 +55,8 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
           lr: Optional[float] = typer.Option(None, "--lr", metavar="RATE",
                                              help="Adam's learning rate (default 0.05 fft, 0.1 pixel)."),
           cutouts: Optional[int] = typer.Option(None, "--cutouts", metavar="N", callback=at_least(1),
-                                                help="Random views of the image per step (default: the recipe's, 16 object and "
-                                                     "robust, 8 plain)."),
+                                                help="Random views of the image per step (default: the "
+                                                     "recipe's, 16 object and robust, 8 plain)."),
           tv_weight: Optional[float] = typer.Option(None, "--tv-weight", metavar="W", callback=at_least(0),
                                                     help="Smoothness (total variation) weight (default: the "
                                                          "recipe's, 0.5 object and robust, 0.05 plain)."),

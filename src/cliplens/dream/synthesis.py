@@ -35,8 +35,8 @@ from ..errors import UsageError
 from ..files import atomic_path
 from ..inputs.images import ImageSource, load_image, source_name
 from ..models import Encoder, load_model
-from .params import (PARAMS, Augment, FourierAlpha, LayerColour, draw_views, make_param, parse_size, perturb_views, pil_to_tensor,
-                     render_views, resample_views, tensor_to_pil, total_variation)
+from .params import (PARAMS, Augment, FourierAlpha, LayerColour, draw_views, make_param, parse_size, perturb_views,
+                     pil_to_tensor, render_views, resample_views, tensor_to_pil, total_variation)
 
 DEFAULT_STEPS = 400
 #: Adam's learning rate per parameterisation (Lucid's 0.05 for the Fourier one; logits need larger steps).

@@ -87,8 +87,10 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        """How the weights are tuned, in words: ``full``, ``freeze image``, ``lora 8``."""
-        return f"freeze {self.freeze}" if self.freeze else f"lora {self.lora}" if self.lora else "full"
+        """How the weights are tuned, in words: ``full``, ``freeze image``, ``lora 8``, ``freeze text, adversarial
+        1.0``."""
+        method = f"freeze {self.freeze}" if self.freeze else f"lora {self.lora}" if self.lora else "full"
+        return f"{method}, adversarial {self.adversarial:g}" if self.adversarial else method
 
 
 @dataclass
