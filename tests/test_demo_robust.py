@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import cliplens
 from cliplens.bench.pixel_judge import judge
 from cliplens.inputs.demo_data import DEMO_LABELS, generate
-from cliplens.train.adversarial import l2_attack, normaliser
+from cliplens.train.adversarial import l2_attack
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _single_shapes(n: int):
 
 def _top1(encoder, images, targets, radius: float) -> float:
     texts = torch.from_numpy(encoder.encode_texts([f"a photo of a {label}." for label in DEMO_LABELS]))
-    normalise = normaliser(encoder.preprocessor)
+    normalise = encoder.preprocessor.normalize_tensor
 
     def logits(x):
         return 100 * F.normalize(encoder.image_features(normalise(x)), dim=-1) @ texts.T

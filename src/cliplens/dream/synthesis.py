@@ -262,9 +262,6 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
     started = time.perf_counter()
     dev = torch.device(encoder.info.device)
     texts = torch.from_numpy(encoder.encode_texts([prompt, *negative])).to(dev)
-    pre = encoder.preprocessor
-    mean = torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1) if pre.do_normalize else None
-    std = torch.tensor(pre.std, device=dev).view(1, 3, 1, 1) if pre.do_normalize else None
     generator = torch.Generator().manual_seed(int(seed))
     start = None
     if start_image is not None:
@@ -304,8 +301,7 @@ def dream(prompt: str, model: Encoder | str | None = None, *, negative: str | Se
             grounds = torch.rand((rgba.shape[0], 1, 1, 1), generator=generator).to(dev)
             views = perturb_views(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]) * grounds, augment.noise, generator,
                                   augment.jitter, augment.desaturate)
-        if mean is not None:
-            views = (views - mean) / std
+        views = encoder.preprocessor.normalize_tensor(views)
         return F.normalize(encoder.image_features(views), dim=-1) @ texts.T
 
     similarities: list[float] = []

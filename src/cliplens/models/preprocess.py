@@ -146,6 +146,17 @@ class ImagePreprocessor:
             x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def normalize_tensor(self, images):
+        """Torch images (N, 3, H, W) in [0, 1] normalised as :meth:`normalize` does, on their device and
+        differentiable (for what follows gradients to the pixels: ``dream``, adversarial training)."""
+        if not self.do_normalize:
+            return images
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess RGB images into one float32 batch (N, 3, H, W)."""
         return self.normalize(np.stack([self.resize_crop(im) for im in images]))

@@ -22,15 +22,6 @@ def pixels_01(pixels, rescale_factor: float) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).contiguous()
 
 
-def normaliser(preprocessor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The preprocessor's normalisation of (N, 3, H, W) images in [0, 1], in torch (differentiable)."""
-    if not preprocessor.do_normalize:
-        return lambda images: images
-    mean = torch.tensor(preprocessor.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessor.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return lambda images: (images - mean) / std
-
-
 def l2_attack(loss_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, radius: float,
               steps: int) -> torch.Tensor:
     """``images`` (N, 3, H, W) in [0, 1], each moved by at most ``radius`` (L2, in [0, 1] pixel units) to raise

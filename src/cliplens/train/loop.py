@@ -25,7 +25,7 @@ from ..files import atomic_path, atomic_write_json, display_path
 from ..inputs.pairs import read_pairs
 from ..scores.calibration import CALIBRATION_FILE
 from ..models import ALIASES, DEMO_DIR, ImagePreprocessor, TransformersEncoder, resolve_model_dir
-from .adversarial import l2_attack, normaliser, pixels_01
+from .adversarial import l2_attack, pixels_01
 from .batches import PairImages
 from .held_out import HeldOutSet, demo_keep_set, read_held_out, zero_shot_top1
 from .loss import contrastive_loss
@@ -430,7 +430,7 @@ class _Run:
                 return contrastive_loss(outputs.logits_per_image, captions, config.soft_targets, self.sigmoid)
 
             if config.adversarial:
-                normalise = normaliser(self.preprocessor)
+                normalise = self.preprocessor.normalize_tensor
                 moved = l2_attack(lambda images: loss_of(normalise(images)),
                                   pixels_01(pixels, self.preprocessor.rescale_factor), config.adversarial,
                                   config.adversarial_steps)
