@@ -120,6 +120,11 @@ def test_auto_follows_the_recorded_verdicts_per_purpose(auto_env, tmp_path):
     load_model(str(copy), cache=False)  # measured here
     measured = read_verdicts(copy, machine_key())
     int8, fp32, torch = measured["onnx int8"], measured["onnx fp32"], measured["torch fp32"]
+    # runtimes this test does not steer (torch bf16, where the CPU has bf16 units) meet neither bar, so the
+    # choices below do not hang on how fast this machine's bf16 happens to be
+    others = [replace(v, probabilities=False, rankings=False) for name, v in measured.items()
+              if name not in ("onnx int8", "onnx fp32", "torch fp32")]
+    record_verdicts(copy, others)
     # int8 made the fastest and meeting the ranking bar, not the probability one, and ONNX fp32 faster than torch
     # (timings of a model this small differ from run to run): int8 indexes, ONNX fp32 classifies
     record_verdicts(copy, [replace(fp32, images_per_s=torch.images_per_s * 2, probabilities=True, rankings=True),
