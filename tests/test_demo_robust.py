@@ -56,3 +56,21 @@ def test_dreaming_with_demo_robust_draws_one_object_of_the_named_colour(robust_m
     verdict = judge(result.image, "red", "circle")
     print(f"\n'a red circle' with demo-robust, 200 steps: {verdict}")
     assert verdict.colour_dominates and verdict.one_object
+
+
+def test_dreamed_against_its_rivals_the_prompt_is_told_apart_from_them(robust_model):
+    """``against`` (the prompt's cross-entropy among its rivals) widens the image's margin over them: its cosine
+    with the prompt less its largest cosine with a rival, against the same run for the prompt alone."""
+    shapes = ("circle", "square", "triangle", "star", "cross")
+    margins = {}
+    for colour, shape in (("purple", "star"), ("purple", "cross"), ("red", "star"), ("red", "cross")):
+        prompt = f"a {colour} {shape}"
+        rivals = [f"a {colour} {other}" for other in shapes if other != shape]
+        texts = robust_model.encode_texts([prompt, *rivals])
+        for against in ((), rivals):
+            result = cliplens.dream(prompt, robust_model, seed=0, steps=60, size="64x64", against=against)
+            cosines = robust_model.encode_images([result.image])[0] @ texts.T
+            margins[prompt, bool(against)] = float(cosines[0] - cosines[1:].max())
+        assert result.against == tuple(rivals) and result.settings["against_weight"] > 0
+    print(f"\nmargin over the rivals, alone and against them: {margins}")
+    assert all(margins[prompt, True] > margins[prompt, False] for prompt, _ in margins)

@@ -67,7 +67,7 @@ def test_by_default_a_dream_is_256_pixels_of_one_coloured_object_on_a_plain_grou
     result = dream("a blue square", demo_model, seed=3, steps=60)
     assert result.size == (256, 256) and result.image.size == (256, 256)
     assert result.settings["guidance"] == "object" and result.settings["cutouts"] == 16
-    assert result.settings["shading"] == 0.5 and result.settings["desaturate"] == 0.6
+    assert result.settings["shading"] == 0.0 and result.settings["desaturate"] == 0.6
     pixels = np.asarray(result.image, np.float64)
     ground = np.all(np.abs(pixels - 0.98 * 255) < 12, axis=-1)
     assert 0.3 < ground.mean() < 0.98  # what is not drawn shows the ground, not a texture
@@ -144,6 +144,9 @@ def test_a_layer_colour_is_one_hue_shaded_and_its_views_can_be_washed_out():
     assert logits[0, 0].max() - logits[0, 0].min() > 0.1  # but light and shade vary
     assert (logits[0, 0] - 2.0).abs().max() <= 1.0 + 1e-4  # within ± shading
     assert {p.data_ptr() for p in layer.leaves} == {layer.base.data_ptr(), layer.shade.param.data_ptr()}
+    flat = LayerColour.random(24, 20, torch.Generator().manual_seed(0), shading=0.0, sd=1.0)
+    assert flat.leaves == [flat.base] and flat.rgb().shape == (1, 3, 24, 20)
+    assert torch.equal(flat.rgb(), flat.base.sigmoid().expand(1, 3, 24, 20))  # shading 0: one flat colour
     views = torch.rand((6, 3, 8, 8), generator=generator)
     washed = perturb_views(views, 0.0, torch.Generator().manual_seed(1), desaturate=1.0)
     grey = views.mean(dim=1, keepdim=True)
@@ -181,8 +184,11 @@ def test_bad_input_is_named(demo_model, tmp_path):
     assert info.value.parameter == "size"
     with pytest.raises(UsageError, match="^param vqgan: choose from"):
         dream("a red circle", demo_model, param="vqgan")
-    with pytest.raises(UsageError, match="negative prompt is empty"):
+    with pytest.raises(UsageError, match="^negative '': text 1 is empty"):
         dream("a red circle", demo_model, negative=[""])
+    with pytest.raises(UsageError, match="^against ' ': text 2 is empty") as info:
+        dream("a red circle", demo_model, against=["a red star", " "])
+    assert info.value.parameter == "against"
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match="bad.png"):
@@ -215,10 +221,12 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     out.parent.mkdir()
     result = _invoke("a red circle", "--model", "demo", "--device", "cpu", "--out", str(out), "--steps", "12",
                      "--seed", "2", "--gif", str(gif), "--frames", str(frames), "--frame-every", "5",
-                     "--label", "red circle", "--label", "blue square", "--negative", "a red square", "--json")
+                     "--label", "red circle", "--label", "blue square", "--negative", "a red square",
+                     "--against", "a blue circle", "--against", "a red circle", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["out"] == str(out) and data["prompt"] == "a red circle" and data["negative"] == ["a red square"]
+    assert data["against"] == ["a blue circle"] and data["settings"]["against_weight"] > 0  # the prompt is no rival
     assert data["steps"] == 12 and data["seed"] == 2 and data["seconds"] > 0 and data["model"] == "demo"
     assert len(data["similarities"]) == 12 and isinstance(data["similarity"], float)
     assert [s["label"] for s in data["classification"]["labels"]] in (["red circle", "blue square"],
@@ -249,6 +257,8 @@ def test_command_writes_the_image_json_frames_and_gif(tmp_path):
     (["a red circle", "--gif", "run.mp4"], "--gif run.mp4: give a .gif"),
     (["a red circle", "--precision", "int8"], "--precision int8"),
     (["a red circle", "--backend", "onnx"], "--backend onnx: dream follows gradients"),
+    (["a red circle", "--against", ""], "--against '': text 1 is empty"),
+    (["a red circle", "--against-file", "missing.txt"], "--against-file"),
 ])
 def test_command_bad_input_is_one_line(tmp_path, args, message):
     result = _invoke(*args, "--model", "demo", "--out", str(tmp_path / "x.png"))

@@ -45,6 +45,7 @@ class DreamBench:
     size: tuple[int, int] = (0, 0)
     guidance: str = ""
     referee: str = ""  # the second model's name
+    contrast: bool = False  # each prompt dreamed against the other labels' prompts
 
     @property
     def referee_first(self) -> int:
@@ -71,7 +72,7 @@ class DreamBench:
                    "recognisable": int(sum(v["recognisable"] for v in judged)),
                    "right_shape": int(sum(v["right_shape"] for v in judged))} if judged else None)
         return {"labels": self.labels, "prompts": len(self.runs), "threshold": self.threshold,
-                "size": list(self.size), "guidance": self.guidance, "passed": self.passed,
+                "size": list(self.size), "guidance": self.guidance, "contrast": self.contrast, "passed": self.passed,
                 "ranked_first": self.ranked_first, "pixels": pixels, "referee": self.referee or None,
                 "referee_ranked_first": self.referee_first if self.referee else None,
                 "median_probability": statistics.median(probabilities),
@@ -91,24 +92,30 @@ def bench_dream(encoder: Encoder, labels: Sequence[str], *, prompts: Sequence[st
                 template: str | None = None, steps: int | None = None, seed: int = 0, threshold: float = 0.9,
                 on_progress: Callable[[int, int], None] | None = None,
                 on_image: Callable[[str, Image.Image], None] | None = None, referee: Encoder | None = None,
-                **options) -> DreamBench:
+                contrast: bool = True, **options) -> DreamBench:
     """Dream ``template.format(label)`` (default "a {}" or "an {}") for each of ``prompts`` (labels; default all
     ``labels``) from noise, timing each generation (the model is already loaded), then classify the image
     among ``labels`` and judge its pixels. ``referee``: a second model that classifies each image too (the
-    plain model, when a robust one dreams). ``options`` go to :func:`cliplens.dream` (``size``, ``guidance``);
-    ``on_image(label, image)`` gets each image."""
+    plain model, when a robust one dreams). ``contrast``: each prompt is dreamed against the other labels'
+    prompts (``dream(against=...)``), as a classifier's class is synthesised. ``options`` go to
+    :func:`cliplens.dream` (``size``, ``guidance``); ``on_image(label, image)`` gets each image."""
     from ..classify import Classifier
     from ..dream import DEFAULT_STEPS, dream
 
     classifier = Classifier(labels, encoder)
     second = Classifier(labels, referee) if referee is not None else None
     chosen = list(prompts) if prompts else list(labels)
+
+    def prompt_of(label: str) -> str:
+        return template.format(label) if template else f"{'an' if label[:1] in 'aeiou' else 'a'} {label}"
+
     runs = []
     size, guidance = (0, 0), ""
     for i, label in enumerate(chosen):
-        prompt = template.format(label) if template else f"{'an' if label[:1] in 'aeiou' else 'a'} {label}"
+        prompt = prompt_of(label)
+        rivals = [prompt_of(other) for other in labels if other != label] if contrast else []
         started = time.perf_counter()
-        result = dream(prompt, encoder, steps=steps or DEFAULT_STEPS, seed=seed, **options)
+        result = dream(prompt, encoder, steps=steps or DEFAULT_STEPS, seed=seed, against=rivals, **options)
         seconds = time.perf_counter() - started
         size, guidance = result.size, result.settings["guidance"]
         classification = classifier.classify(result.image)
@@ -126,7 +133,8 @@ def bench_dream(encoder: Encoder, labels: Sequence[str], *, prompts: Sequence[st
             on_image(label, result.image)
         if on_progress is not None:
             on_progress(i + 1, len(chosen))
-    return DreamBench(runs, len(labels), threshold, size, guidance, referee.name if referee is not None else "")
+    return DreamBench(runs, len(labels), threshold, size, guidance, referee.name if referee is not None else "",
+                      contrast)
 
 
 def contact_sheet(images: Sequence[tuple[str, Image.Image]], runs: Sequence[DreamRun], columns: int = 6,

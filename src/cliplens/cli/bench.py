@@ -583,6 +583,9 @@ def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (
                 size: str | None = typer.Option(None, "--size", metavar="WxH", help="Image size (default: dream's, 256x256)."),
                 guidance: str = typer.Option(cliplens.DEFAULT_DREAM_GUIDANCE, "--guidance", metavar="RECIPE",
                                              help="object, robust or plain (see dream)."),
+                contrast: bool = typer.Option(True, "--contrast/--no-contrast",
+                                              help="Dream each prompt against the other labels' prompts (dream "
+                                                   "--against), or for its own similarity alone."),
                 sheet: Path | None = typer.Option(None, "--sheet", metavar="FILE",
                                                   help="Write a contact sheet of the images (PNG) with both verdicts."),
                 model: str = typer.Option("demo-robust", "--model", "-m",
@@ -617,6 +620,7 @@ def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (
         task = bar.add_task("dreaming", total=len(chosen), rate="")
         result = run(encoder, vocabulary if demo_vocabulary else chosen, prompts=chosen, template=template,
                      steps=steps, seed=seed, on_progress=rate_updater(bar, task, "img"), size=size, guidance=guidance,
+                     contrast=contrast,
                      on_image=lambda label, image: images.append((label, image)), referee=second)
     if sheet is not None:
         contact_sheet(images, result.runs).save(sheet)
@@ -648,7 +652,8 @@ def bench_dream(labels: list[str] = typer.Argument(None, help="Labels to dream (
                   f"(the same judge on plain drawings: {drawings['recognisable']:.0%} and {drawings['right_shape']:.0%})",
                   highlight=False)
     out.print(f"median {summary['median_seconds']:.1f} s per {result.size[0]}×{result.size[1]} image, max "
-              f"{summary['max_seconds']:.1f} s ({result.runs[0].steps} steps, {result.guidance} guidance, seed {seed}, "
+              f"{summary['max_seconds']:.1f} s ({result.runs[0].steps} steps, {result.guidance} guidance"
+              f"{', against the other labels' if result.contrast else ''}, seed {seed}, "
               f"{_machine()})", highlight=False)
     if sheet is not None:
         err.print(f"contact sheet → {cliplens.display_path(sheet)}", highlight=False)

@@ -35,6 +35,12 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
                                         help="Write the image here (PNG, or any format Pillow writes)."),
           negative: List[str] = typer.Option(None, "--negative", metavar="TEXT",
                                              help="What it should not look like (repeatable)."),
+          against: List[str] = typer.Option(None, "--against", metavar="TEXT",
+                                            help="What it must be told apart from, written as the prompt is "
+                                                 "(repeatable; e.g. the other labels of a set): the prompt's "
+                                                 "probability among them is raised, not only its similarity."),
+          against_file: Optional[Path] = typer.Option(None, "--against-file", metavar="FILE",
+                                                      help="--against texts from a file, one per line (# comments)."),
           steps: Optional[int] = typer.Option(None, "--steps", metavar="N", callback=at_least(1),
                                               help="Optimisation steps (default 400)."),
           size: Optional[str] = typer.Option(None, "--size", metavar="WxH",
@@ -79,8 +85,10 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
     given = {"steps": steps, "init_weight": init_weight, "tv_weight": tv_weight}
     options = {k: v for k, v in given.items() if v is not None}  # the library's defaults for the rest
     # everything that can be wrong is said before the model loads and the run starts
+    rivals = list(against or []) + (cliplens.read_labels_file(against_file, "against_file")
+                                    if against_file is not None else [])
     cliplens.check_dream_options(prompt, negative or (), param=param, lr=lr, cutouts=cutouts, size=size,
-                                 frame_every=frame_every, guidance=guidance, **options)
+                                 against=rivals, frame_every=frame_every, guidance=guidance, **options)
     if backend not in ("torch", "auto"):
         raise UsageError("dream follows gradients through the model, which needs torch",
                          value=str(backend), parameter="backend")
@@ -116,9 +124,9 @@ def dream(prompt: str = typer.Argument(..., help="What the image should show."),
             rate = f"similarity {similarity:.3f}" + (f"  {speed:.1f} steps/s" if speed else "")
             bar.update(task, completed=done, total=count, rate=rate)
 
-        result = cliplens.dream(prompt, encoder, negative=negative or (), size=size, seed=seed, init=init,
-                                param=param, lr=lr, cutouts=cutouts, on_step=on_step, frame_every=frame_every,
-                                guidance=guidance,
+        result = cliplens.dream(prompt, encoder, negative=negative or (), against=rivals, size=size, seed=seed,
+                                init=init, param=param, lr=lr, cutouts=cutouts, on_step=on_step,
+                                frame_every=frame_every, guidance=guidance,
                                 on_frame=on_frame if (frames is not None or gif is not None) else None, **options)
     result.save(out_file)
     if gif is not None:

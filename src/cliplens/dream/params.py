@@ -151,7 +151,7 @@ class FourierParam(ImageParam):
 class LayerColour:
     """The colour of a drawn layer: one colour for all of it (three logits) plus a shading, a smooth Fourier
     image bounded to ± ``shading`` logits, so that light and shade can vary over it but not its hue's
-    mixture: what is drawn reads as one coloured thing."""
+    mixture: what is drawn reads as one coloured thing. ``shading`` 0: one flat colour."""
 
     def __init__(self, base, shade: "FourierAlpha", shading: float):
         self.base, self.shade, self.shading = base, shade, shading
@@ -167,9 +167,11 @@ class LayerColour:
 
     @property
     def leaves(self) -> list:
-        return [self.base, self.shade.param]
+        return [self.base, self.shade.param] if self.shading else [self.base]  # shading 0: one flat colour
 
     def rgb(self):
+        if not self.shading:
+            return self.base.sigmoid().expand(1, 3, self.height, self.width)
         return (self.base + self.shading * self.shade.logits().tanh()).sigmoid()  # one shade for all channels
 
 

@@ -36,7 +36,8 @@ def read_text_file(path: str | Path, parameter: str) -> str:
         raise UsageError(f"cannot read it ({exc.strerror or exc})", value=str(path), parameter=parameter) from None
 
 
-def read_labels_file(path: str | Path) -> list[str]:
-    """Labels from a text file, one per line (``#`` comments and blank lines skipped)."""
-    text = read_text_file(path, "labels_file")
+def read_labels_file(path: str | Path, parameter: str = "labels_file") -> list[str]:
+    """Labels from a text file, one per line (``#`` comments and blank lines skipped); errors name
+    ``parameter``."""
+    text = read_text_file(path, parameter)
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
