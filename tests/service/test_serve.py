@@ -366,6 +366,43 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on(demo_model):
     worker.close()
 
 
+def test_a_stopped_worker_refuses_jobs_at_once_rather_than_leaving_them_waiting(demo_model):
+    from cliplens.service.batching import WorkerStopped
+
+    worker = EncoderWorker(demo_model, max_batch=4)
+    queued = worker.submit(lambda: (time.sleep(0.2), 7)[1])  # queued before the stop: it still runs
+    worker.close()
+    assert queued.result(0) == 7
+    started = time.perf_counter()
+    for job in (lambda: worker.submit(lambda: 1), lambda: worker.submit_images([object()])):
+        with pytest.raises(WorkerStopped, match="stopped"):
+            job()
+    assert time.perf_counter() - started < 1
+    worker.close()  # twice is harmless
+
+
+def _classify_once(test_client, image: bytes):
+    return test_client.post("/v1/classify", json={"image": _b64(image), "labels": ["a red circle", "a blue star"]})
+
+
+def test_a_second_lifespan_ending_leaves_the_first_serving(demo_model, index_dir, shapes):
+    """Two servers (or a test harness beside a test client) may start one app's lifespan twice; when one ends,
+    the other serves on, with the index still open. Before, the app kept the ended engine: its stopped
+    worker left every later request waiting for ever (how the OpenAPI fuzzing left the test client)."""
+    app = create_app(ServiceConfig(index=str(index_dir), model="demo", backend="torch", api_key="",
+                                   allowed_hosts=TEST_HOSTS), encoder=demo_model)
+    image = shapes[0][1]
+    with TestClient(app) as first:
+        with TestClient(app) as second:
+            assert _classify_once(second, image).status_code == 200
+        answer = _classify_once(first, image)
+        assert answer.status_code == 200, answer.text
+        assert first.post("/v1/search", json={"query": "a red circle", "top": 2}).status_code == 200  # index open
+        app.state.engine.close()  # a request that arrives while the service shuts down is told so, at once
+        refused = _classify_once(first, image)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["message"]
+
+
 def test_classify_and_rank_can_ignore_the_text_in_the_image(client):
     pytest.importorskip("rapidocr_onnxruntime")
     from cliplens.inputs.demo_data import hijacked_label

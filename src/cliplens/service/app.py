@@ -79,11 +79,21 @@ def create_app(config: ServiceConfig | None = None, *, encoder: Encoder | None =
             photos.use_encoder(loaded)  # one copy of the model in memory
         engine = Engine(loaded, config, metrics, photos)
         metrics.set_model(engine.model_name)
+        # the lifespan may run twice at once (two servers on one app, test harnesses): the index is shared and
+        # closed with the last one, and an engine that ends hands the app back to the one it replaced
+        replaced = state.get("engine")
+        state["running"] = state.get("running", 0) + 1
         state["engine"] = app.state.engine = engine
         engine.warm_up()
         log.info("serving %s", loaded.name)
         yield
-        engine.close()
+        state["running"] -= 1
+        if state.get("engine") is engine and replaced is not None and not replaced.closed:
+            state["engine"] = app.state.engine = replaced
+        last = state["running"] == 0
+        engine.close(close_photos=last)
+        if last:
+            photos = None  # a later start opens the index again
 
     app = FastAPI(title="cliplens", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)

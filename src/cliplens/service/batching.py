@@ -5,6 +5,8 @@ jobs that queued up while the worker was busy are merged into one batch of at mo
 images, encoded together, and split back to their requests; while other requests are still
 decoding their images, the batch waits up to ``max_wait`` for them (a lone request never waits).
 Other jobs (texts, building a classifier's label embeddings, searching the index) run alone, in order.
+Once the worker has stopped, a job is refused at once (:class:`WorkerStopped`) rather than left waiting
+for a thread that will never take it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class _CallJob:
 _STOP = object()
 
 
+class WorkerStopped(RuntimeError):
+    """The worker has stopped (the service is shutting down): the job will not run."""
+
+    def __init__(self):
+        super().__init__("the model worker has stopped (the service is shutting down)")
+
+
 class EncoderWorker:
     """Runs model work on one thread; ``await images(items)`` is merged with other requests' images.
 
@@ -57,6 +66,7 @@ class EncoderWorker:
         self._pending: deque = deque()  # jobs taken from the queue while gathering a batch, to run next
         self._coming = 0  # requests decoding images they will queue soon
         self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="cliplens-encoder", daemon=True)
         self._thread.start()
 
@@ -77,9 +87,7 @@ class EncoderWorker:
             future: Future = Future()
             future.set_result(np.zeros((0, self.encoder.embed_dim), np.float32))
             return future
-        job = _ImageJob(list(items))
-        self._queue.put(job)
-        return job.future
+        return self._put(_ImageJob(list(items)))
 
     async def images(self, items: Sequence[Any]) -> np.ndarray:
         """Normalised embeddings of prepared images, encoded in a batch shared with other requests."""
@@ -87,8 +95,14 @@ class EncoderWorker:
 
     def submit(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn()`` to run on the worker thread, after the jobs queued before it."""
-        job = _CallJob(fn)
-        self._queue.put(job)
+        return self._put(_CallJob(fn))
+
+    def _put(self, job) -> Future:
+        """Queue ``job``; raises :class:`WorkerStopped` once the worker is closed or its thread has ended."""
+        with self._lock:  # close() takes the lock too: no job slips in behind the stop
+            if self._closed or not self._thread.is_alive():
+                raise WorkerStopped()
+            self._queue.put(job)
         return job.future
 
     async def call(self, fn: Callable[[], Any]) -> Any:
@@ -99,8 +113,12 @@ class EncoderWorker:
         return await self.call(lambda: self.encoder.encode_texts(list(texts)))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish the queued jobs, then stop the thread."""
-        self._queue.put(_STOP)
+        """Finish the queued jobs, then stop the thread; later jobs are refused (:class:`WorkerStopped`)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join(timeout)
 
     # --- the worker thread ----------------------------------------------------------------------------

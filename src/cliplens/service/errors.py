@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import IndexDamagedError
 from ..errors import CliplensError, ImageLoadError, ModelNotFoundError
+from .batching import WorkerStopped
 
 log = logging.getLogger("cliplens.service")
 
@@ -70,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge):
         return error_response(413, "too_large", str(exc), {"Connection": "close"})
+
+    @app.exception_handler(WorkerStopped)
+    async def stopped(request: Request, exc: WorkerStopped):
+        return error_response(503, "unavailable", str(exc))
 
     @app.exception_handler(CliplensError)
     async def library_error(request: Request, exc: CliplensError):
