@@ -112,6 +112,11 @@ class EncoderWorker:
     async def texts(self, texts: Sequence[str]) -> np.ndarray:
         return await self.call(lambda: self.encoder.encode_texts(list(texts)))
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (jobs are refused from then on)."""
+        return self._closed
+
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued jobs, then stop the thread; later jobs are refused (:class:`WorkerStopped`)."""
         with self._lock:

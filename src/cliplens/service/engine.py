@@ -65,7 +65,6 @@ class Engine:
         self.model_name = public_name(encoder.name)  # answers name the model, never the folder it is in
         self.config = config
         self.photos = photos
-        self.closed = False
         self.worker = EncoderWorker(encoder, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                                     on_batch=metrics.observe_batch)
         self._classifiers = _Cache(CLASSIFIERS_KEPT)
@@ -77,9 +76,12 @@ class Engine:
         """Embed the default caption banks in the background (from the disk cache after the first run)."""
         self._warming = self.worker.submit(lambda: Captioner(self.encoder))
 
+    @property
+    def closed(self) -> bool:
+        return self.worker.closed
+
     def close(self, close_photos: bool = True) -> None:
         """Stop the worker (later requests get 503) and, unless another engine still uses it, close the index."""
-        self.closed = True
         self.worker.close()
         if close_photos and self.photos is not None:
             self.photos.close()
